@@ -1,0 +1,1 @@
+"""The hardware boundary: serial ports, PPS, GPIO, audio, udev (imported as ``stratum1.hw``)."""

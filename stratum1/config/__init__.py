@@ -1,0 +1,1 @@
+"""ntp.conf: parsing into a typed, immutable configuration, and checking it."""

@@ -1,0 +1,83 @@
+"""The base class every reference-clock driver derives from, and the metadata it declares.
+
+The class attributes are the driver's declaration: the config checker, ``stratum1 drivers
+list`` and ntpq all read them without opening any device, so importing a driver module must stay
+cheap (hardware libraries are imported inside methods, where they are used).
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+#: Fudge fields every refclock accepts, whatever the driver.
+COMMON_FUDGE = frozenset({"stratum", "refid"})
+#: All fudge fields the grammar knows.
+FUDGE_FIELDS = frozenset(
+    {"time1", "time2", "stratum", "refid", "flag1", "flag2", "flag3", "flag4", "minjitter"}
+)
+#: Options of the ntpsec ``refclock`` line beyond the association options.
+REFCLOCK_OPTIONS = frozenset({"path", "ppspath", "baud", "mode", "subtype"})
+
+
+class RefclockDriver:
+    """A reference-clock driver type (``127.127.t.u``). Subclasses set the class attributes.
+
+    The runtime interface (open/poll/close, how samples are handed to the framework) is defined
+    by the refclock framework in this package.
+    """
+
+    #: Type number t of 127.127.t.u.
+    type: ClassVar[int]
+    #: ntpsec ``refclock NAME`` spelling, lower case: "nmea", "pps", "shm", "local", ...
+    name: ClassVar[str]
+    #: What classic ntpq prints in ``name(unit)``: "GPS_NMEA", "PPS", "SHM", "LOCAL".
+    ntpq_name: ClassVar[str]
+    #: One-line description for ``drivers list``.
+    description: ClassVar[str] = ""
+    #: Default reference id (up to 4 ASCII characters).
+    refid: ClassVar[str]
+    #: Default precision, log2 seconds.
+    precision: ClassVar[int] = -20
+    #: Default stratum of the refclock itself (the server then shows stratum + 1).
+    stratum: ClassVar[int] = 0
+    #: Default poll exponent (log2 s).
+    poll: ClassVar[int] = 6
+    #: The fudge fields this driver uses and what each means for it ("time1": "PPS offset").
+    #: ``stratum`` and ``refid`` are always accepted; any other field not listed here is a
+    #: config error.
+    fudge_meanings: ClassVar[dict[str, str]] = {}
+    #: Which of REFCLOCK_OPTIONS (path, ppspath, baud, mode, subtype) the driver takes.
+    options: ClassVar[frozenset[str]] = frozenset()
+    #: Valid ``mode`` values (inclusive); None when the driver takes no mode.
+    mode_range: ClassVar[tuple[int, int] | None] = None
+    #: Highest unit number accepted.
+    max_unit: ClassVar[int] = 3
+    #: Device path templates formatted with ``unit=``, e.g. "/dev/gps{unit}".
+    devices: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def accepts_fudge(cls, field: str) -> bool:
+        return field in COMMON_FUDGE or field in cls.fudge_meanings
+
+    @classmethod
+    def device_paths(cls, unit: int) -> tuple[str, ...]:
+        return tuple(t.format(unit=unit) for t in cls.devices)
+
+    @classmethod
+    def describe(cls) -> dict[str, Any]:
+        """The declaration as plain data (for ``drivers list --json``)."""
+        return {
+            "type": cls.type,
+            "name": cls.name,
+            "ntpq_name": cls.ntpq_name,
+            "description": cls.description,
+            "refid": cls.refid,
+            "precision": cls.precision,
+            "stratum": cls.stratum,
+            "poll": cls.poll,
+            "fudge": dict(cls.fudge_meanings),
+            "options": sorted(cls.options),
+            "mode_range": cls.mode_range,
+            "max_unit": cls.max_unit,
+            "devices": list(cls.devices),
+        }

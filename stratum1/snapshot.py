@@ -1,0 +1,36 @@
+"""The immutable snapshot of system variables that the serving hot path reads without locks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .sample import LEAP_NOTINSYNC
+
+STRATUM_UNSYNC = 16
+
+
+@dataclass(frozen=True, slots=True)
+class SystemSnapshot:
+    """What a reply needs from the system: published whole after every clock update.
+
+    Replacing the reference to a new snapshot is atomic in CPython, so readers never see a
+    half-updated set of variables.
+    """
+
+    leap: int = LEAP_NOTINSYNC
+    stratum: int = STRATUM_UNSYNC
+    precision: int = -20  # log2 seconds
+    poll: int = 6  # log2 seconds
+    root_delay: float = 0.0  # s
+    root_dispersion: float = 0.0  # s
+    refid: bytes = b"INIT"  # 4 bytes as on the wire
+    reference_ns: int = 0  # Unix ns of the last clock update, 0 = never
+    offset: float = 0.0  # s, last system offset (diagnostics only)
+    jitter: float = 0.0  # s, system jitter (diagnostics only)
+
+    @property
+    def synchronized(self) -> bool:
+        return self.leap != LEAP_NOTINSYNC and self.stratum < STRATUM_UNSYNC
+
+
+UNSYNCHRONIZED = SystemSnapshot()
