@@ -7,7 +7,12 @@ cheap (hardware libraries are imported inside methods, where they are used).
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+
+if TYPE_CHECKING:
+    from ..clock import Clock
+    from ..eventloop import EventLoop
+    from ..sample import Sample
 
 #: Fudge fields every refclock accepts, whatever the driver.
 COMMON_FUDGE = frozenset({"stratum", "refid"})
@@ -81,3 +86,35 @@ class RefclockDriver:
             "max_unit": cls.max_unit,
             "devices": list(cls.devices),
         }
+
+
+class DriverContext(Protocol):
+    """What the framework gives a running driver instance (chrony's refclock interface shape).
+
+    A driver decodes and stamps; all filtering, fudge offsets and statistics live in the
+    framework. The driver registers its descriptors and timers with ``loop`` and never loops
+    or blocks on its own.
+    """
+
+    loop: EventLoop
+    clock: Clock
+
+    def add_sample(self, sample: Sample) -> None:
+        """A complete sample: local time of the on-time epoch and the time it represents."""
+        ...
+
+    def add_pulse(self, local_ns: int) -> None:
+        """A PPS edge at local time ``local_ns``; the framework numbers the second."""
+        ...
+
+    def report_fault(self, message: str) -> None:
+        """The device failed (read error, unplugged, ...); the framework closes and reopens."""
+        ...
+
+    def log_timecode(self, timecode: str) -> None:
+        """The last timecode received, for clockstats and ``ntpq -c cv``."""
+        ...
+
+    def count(self, counter: str, n: int = 1) -> None:
+        """Bump a named diagnostic counter ("bad_checksum", "no_fix", ...)."""
+        ...
