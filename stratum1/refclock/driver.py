@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 if TYPE_CHECKING:
     from ..clock import Clock
+    from ..config.model import RefclockConfig
     from ..eventloop import EventLoop
     from ..sample import Sample
 
@@ -59,6 +60,24 @@ class RefclockDriver:
     max_unit: ClassVar[int] = 3
     #: Device path templates formatted with ``unit=``, e.g. "/dev/gps{unit}".
     devices: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, config: RefclockConfig, ctx: DriverContext) -> None:
+        """``config`` is the unit's RefclockConfig (stratum1.config.model); ``ctx`` the
+        framework's DriverContext. Constructing opens nothing."""
+        self.config = config
+        self.ctx = ctx
+
+    def open(self) -> None:
+        """Open devices and register descriptors/timers with ``ctx.loop``. Raise OSError (or
+        another exception with a clear message) when the device is not there; the framework
+        retries with back-off."""
+
+    def close(self) -> None:
+        """Unregister from the loop and release devices. Must be safe to call twice."""
+
+    def status(self) -> dict[str, Any]:
+        """Driver-specific live diagnostics (device, last timecode, satellites, ...)."""
+        return {}
 
     @classmethod
     def accepts_fudge(cls, field: str) -> bool:
