@@ -24,7 +24,7 @@ log = logging.getLogger("stratum1")
 
 DEMO_CONFIG = """\
 # stratum1 demo: a simulated GPS receiver with PPS, served on loopback, clock untouched.
-refclock sim unit 0 prefer refid GPS
+refclock sim unit 0 flag1 1 minpoll 4 maxpoll 4 prefer refid GPS
 """
 DEMO_LISTEN = "127.0.0.1:11123"
 

@@ -1,1 +1,2 @@
-"""The reference-clock framework: driver base class, registry, and per-unit sample reduction."""
+"""The reference-clock framework: driver base class (driver.py), registry, and the per-unit
+runtime (unit.py: open/retry, samples, PPS numbering, median reduction, reach, status)."""

@@ -3,6 +3,28 @@
 The class attributes are the driver's declaration: the config checker, ``stratum1 drivers
 list`` and ntpq all read them without opening any device, so importing a driver module must stay
 cheap (hardware libraries are imported inside methods, where they are used).
+
+How a driver plugs in (chrony's init / poll / finish are our open / on_poll / close, and it
+hands data over with "add sample" / "add pulse"):
+
+* ``__init__(config, ctx)`` stores its RefclockConfig and DriverContext; it opens nothing.
+* ``open()`` opens the device and registers descriptors / timers with ``ctx.loop``; it raises
+  OSError with a clear message when the device is absent (the unit retries with back-off).
+* As data arrives the driver calls ``ctx.add_sample(Sample(local_ns, reference_ns, leap))`` for
+  a complete time code (``sample_fudge``, normally time1, is added by the framework) and/or
+  ``ctx.add_pulse(local_ns)`` for a PPS edge (time1 is added; the framework numbers the second
+  from the unit's latest time code, or from the system clock when synchronised).
+  ``ctx.log_timecode(text)`` records the last raw time code (clockstats, ``ntpq -c cv``);
+  ``ctx.count(name)`` bumps a counter (``badformat`` and ``baddata`` are ntpd's own).
+* On a read error, EOF or a vanished device it calls ``ctx.report_fault(message)`` and returns;
+  the unit then calls ``close()`` and reopens later with a *new* driver instance (a stale
+  instance's calls to its old context are ignored, so a late callback cannot pollute samples).
+* ``on_poll()`` is called once per poll interval just before the unit reduces its samples (for
+  drivers that sample on demand, like LOCAL); most drivers leave it empty.
+* ``close()`` unregisters and releases everything; it must be safe to call twice.
+
+The driver never filters, averages, applies fudge offsets or keeps reach: the unit
+(``stratum1.refclock.unit.RefclockUnit``) does that once for every driver.
 """
 
 from __future__ import annotations
@@ -28,8 +50,8 @@ REFCLOCK_OPTIONS = frozenset({"path", "ppspath", "baud", "mode", "subtype"})
 class RefclockDriver:
     """A reference-clock driver type (``127.127.t.u``). Subclasses set the class attributes.
 
-    The runtime interface (open/poll/close, how samples are handed to the framework) is defined
-    by the refclock framework in this package.
+    The runtime interface (open / poll / close, and how samples reach the framework through
+    DriverContext) is described in this module's docstring.
     """
 
     #: Type number t of 127.127.t.u.
@@ -60,6 +82,18 @@ class RefclockDriver:
     max_unit: ClassVar[int] = 3
     #: Device path templates formatted with ``unit=``, e.g. "/dev/gps{unit}".
     devices: ClassVar[tuple[str, ...]] = ()
+    #: Which fudge field the framework adds to ``add_sample`` samples: "time1", or "time2" for
+    #: drivers where time1 is the PPS offset and time2 the serial time-code offset (NMEA, ...).
+    #: Pulses (``add_pulse``) always get time1.
+    sample_fudge: ClassVar[str] = "time1"
+    #: Precision (log2 s) while the unit's samples come from PPS pulses; None: ``precision``.
+    pps_precision: ClassVar[int | None] = None
+    #: Root dispersion the source itself adds, seconds (ntpd's LOCAL uses 0.01).
+    rootdisp: ClassVar[float] = 0.0
+    #: What the driver needs at run time, for ``drivers list``: keys of
+    #: ``stratum1.refclock.presence.REQUIREMENTS`` ("pyserial", "libgpiod", "pps", "gpiochip",
+    #: "gpsd", "sysv-shm", "serial-device"); "pps|gpiochip" means either will do.
+    requires: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: RefclockConfig, ctx: DriverContext) -> None:
         """``config`` is the unit's RefclockConfig (stratum1.config.model); ``ctx`` the
@@ -72,12 +106,19 @@ class RefclockDriver:
         another exception with a clear message) when the device is not there; the framework
         retries with back-off."""
 
+    def on_poll(self) -> None:
+        """Called once per poll interval, before the unit reduces its samples."""
+
     def close(self) -> None:
         """Unregister from the loop and release devices. Must be safe to call twice."""
 
     def status(self) -> dict[str, Any]:
         """Driver-specific live diagnostics (device, last timecode, satellites, ...)."""
         return {}
+
+    def flag(self, n: int) -> bool:
+        """The unit's fudge ``flag<n>`` (1-4); unset flags are off."""
+        return bool(getattr(self.config, f"flag{n}", None))
 
     @classmethod
     def accepts_fudge(cls, field: str) -> bool:
@@ -104,6 +145,7 @@ class RefclockDriver:
             "mode_range": cls.mode_range,
             "max_unit": cls.max_unit,
             "devices": list(cls.devices),
+            "requires": list(cls.requires),
         }
 
 
@@ -117,6 +159,8 @@ class DriverContext(Protocol):
 
     loop: EventLoop
     clock: Clock
+    #: "127.127.t.u" of the unit, for log messages.
+    address: str
 
     def add_sample(self, sample: Sample) -> None:
         """A complete sample: local time of the on-time epoch and the time it represents."""
@@ -135,5 +179,9 @@ class DriverContext(Protocol):
         ...
 
     def count(self, counter: str, n: int = 1) -> None:
-        """Bump a named diagnostic counter ("bad_checksum", "no_fix", ...)."""
+        """Bump a named diagnostic counter ("badformat", "baddata", "no_fix", ...)."""
+        ...
+
+    def set_precision(self, precision: int) -> None:
+        """The source reported its own precision, log2 s (SHM, gpsd); overrides the default."""
         ...

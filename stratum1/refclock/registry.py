@@ -8,14 +8,16 @@ from __future__ import annotations
 
 import importlib
 import logging
+import pkgutil
 from importlib.metadata import entry_points
 
 from .driver import RefclockDriver
 
 log = logging.getLogger(__name__)
 
-#: The package's own driver modules (under ``stratum1.drivers``).
-BUILTIN_MODULES: tuple[str, ...] = ("local",)
+#: The package's own driver modules that must always load (under ``stratum1.drivers``); every
+#: other module found in that package is loaded too, and a broken one only logs a warning.
+BUILTIN_MODULES: tuple[str, ...] = ("local", "sim")
 
 ENTRY_POINT_GROUP = "stratum1.drivers"
 
@@ -39,6 +41,15 @@ def _load() -> None:
     _loaded = True
     for mod in BUILTIN_MODULES:
         importlib.import_module(f"stratum1.drivers.{mod}")
+    import stratum1.drivers as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name in BUILTIN_MODULES or info.name.startswith("_"):
+            continue
+        try:
+            importlib.import_module(f"stratum1.drivers.{info.name}")
+        except Exception as exc:  # one broken driver module must not take the others down
+            log.warning("driver module %s failed to load: %s", info.name, exc)
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             obj = ep.load()
