@@ -1,0 +1,358 @@
+"""Tests of the NMEA driver (drivers/nmea.py): declaration, a real pseudo-terminal fed with real
+receiver captures (fast and at their real pace), bad input, faults, and PPS pairing."""
+
+from __future__ import annotations
+
+import calendar
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from stratum1.drivers.nmea import NmeaDriver
+from stratum1.drivers.nmea_decode import checksum, read_capture
+from stratum1.hw.serial import Chunk
+
+from stratum1.clock import FrozenDisciplineClock, SystemClock
+from stratum1.eventloop import EventLoop
+from stratum1.refclock.registry import lookup
+from stratum1.refclock.testing import unit_config
+from stratum1.sample import Sample
+
+NS = 1_000_000_000
+MS = 1_000_000
+CAPTURES = Path(os.environ.get("STRATUM1_NMEA_CAPTURES", "/work/shared/captures/nmea"))
+PIVOT_2014 = calendar.timegm((2014, 1, 1, 0, 0, 0)) * NS
+
+
+@dataclass
+class RecordingContext:
+    """A DriverContext that records what the driver hands over."""
+
+    loop: object
+    clock: object
+    address: str = "127.127.20.0"
+    samples: list[Sample] = field(default_factory=list)
+    pulses: list[int] = field(default_factory=list)
+    faults: list[str] = field(default_factory=list)
+    timecodes: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def add_sample(self, sample: Sample) -> None:
+        self.samples.append(sample)
+
+    def add_pulse(self, local_ns: int) -> None:
+        self.pulses.append(local_ns)
+
+    def report_fault(self, message: str) -> None:
+        self.faults.append(message)
+
+    def log_timecode(self, timecode: str) -> None:
+        self.timecodes.append(timecode)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        self.counts[counter] = self.counts.get(counter, 0) + n
+
+    def set_precision(self, precision: int) -> None:
+        pass
+
+
+def test_declaration() -> None:
+    assert lookup(20) is NmeaDriver and lookup("nmea") is NmeaDriver
+    d = NmeaDriver.describe()
+    assert (d["type"], d["name"], d["ntpq_name"], d["refid"], d["precision"]) == (
+        20, "nmea", "GPS_NMEA", "GPS", -9,
+    )
+    assert {"time1", "time2", "flag1", "flag2", "flag3", "flag4"} <= set(d["fudge"])
+    assert set(d["options"]) == {"path", "ppspath", "baud", "mode"}
+    assert NmeaDriver.device_paths(1) == ("/dev/gps1", "/dev/gpspps1")
+    assert NmeaDriver.sample_fudge == "time2"
+    assert NmeaDriver.accepts_fudge("time2") and not NmeaDriver.accepts_fudge("nonsense")
+
+
+def test_baud_and_path_from_config() -> None:
+    ctx = RecordingContext(None, None)
+    drv = NmeaDriver(unit_config(type=20, unit=2, mode=0x51), ctx)
+    assert (drv.path, drv.baud, drv.ppspath) == ("/dev/gps2", 115200, None)
+    drv = NmeaDriver(unit_config(type=20, path="/dev/ttyAMA0", baud=38400, flag1=True), ctx)
+    assert (drv.path, drv.baud, drv.ppspath) == ("/dev/ttyAMA0", 38400, "/dev/gpspps0")
+
+
+# -- through a real pseudo-terminal -------------------------------------------------------------
+class ReplayClock(FrozenDisciplineClock):
+    """The system clock shifted to the capture's time, as the receiver's host clock was."""
+
+    def __init__(self, start_ns: int) -> None:
+        super().__init__(SystemClock())
+        self.shift = start_ns - SystemClock().now_ns()
+
+    def now_ns(self) -> int:
+        return super().now_ns() + self.shift
+
+
+NEO_M8N_START = calendar.timegm((2015, 3, 18, 17, 19, 25)) * NS + 300 * MS
+
+
+@pytest.fixture
+def pty_unit():
+    master, slave = os.openpty()
+    loop = EventLoop()
+    clock = ReplayClock(NEO_M8N_START)
+    ctx = RecordingContext(loop, clock)
+    cfg = unit_config(type=20, path=os.ttyname(slave), baud=9600)
+    drv = NmeaDriver(cfg, ctx, pivot_ns=PIVOT_2014, char_ns=0)
+    drv.open()
+    yield master, loop, ctx, drv
+    drv.close()
+    drv.close()
+    loop.close()
+    for fd in (master, slave):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def pump(loop: EventLoop, cond, timeout_s: float = 3.0) -> None:
+    end = time.monotonic_ns() + int(timeout_s * NS)
+    while not cond() and time.monotonic_ns() < end:
+        loop.run_once(end)
+
+
+def write_all(master: int, loop: EventLoop, data: bytes) -> None:
+    """Write to the pty master in pieces, letting the loop drain the slave in between."""
+    view = memoryview(data)
+    while view:
+        n = os.write(master, view[:512])
+        view = view[n:]
+        loop.run_once(time.monotonic_ns() + 2 * MS)
+
+
+def golden_accepted(name: str) -> list[str]:
+    text = (Path(__file__).parent / "golden" / f"{name}.chk").read_text()
+    return re.findall(r"^@\d+ accepted \S+ (\S+)", text, re.M)
+
+
+def _iso(ns: int) -> str:
+    sec, frac = divmod(ns, NS)
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec)) + f".{frac // MS:03d}Z"
+
+
+needs_captures = pytest.mark.skipif(not CAPTURES.is_dir(), reason=f"no captures in {CAPTURES}")
+
+
+@needs_captures
+def test_capture_replayed_fast_through_a_pty(pty_unit) -> None:
+    master, loop, ctx, drv = pty_unit
+    before = ctx.clock.now_ns()
+    write_all(master, loop, read_capture((CAPTURES / "neo-m8n.log").read_bytes()))
+    # the capture opens with the GLL of the second before; the golden replay has no receive
+    # clock to date it, the driver has (the replay clock reads the capture's time)
+    expected = ["2015-03-18T17:19:25.000Z", *golden_accepted("neo-m8n.log")]
+    pump(loop, lambda: len(ctx.samples) >= len(expected))
+    after = ctx.clock.now_ns()
+    assert [_iso(s.reference_ns) for s in ctx.samples] == expected
+    assert all(before <= s.local_ns <= after for s in ctx.samples)
+    assert not ctx.faults
+    assert ctx.counts["accepted"] == len(expected) and ctx.counts.get("malformed", 0) == 0
+    assert len(ctx.timecodes) == len(expected) and ctx.timecodes[1].startswith("$GNRMC")
+    st = drv.status()
+    assert st["gps"]["fix_type"] == 3 and st["last_timecode"] == ctx.timecodes[-1]
+
+
+def _bursts(data: bytes) -> list[bytes]:
+    """Split a capture into the receiver's once-a-second bursts (a burst starts at an RMC)."""
+    bursts: list[bytes] = [b""]
+    for line in data.splitlines(keepends=True):
+        if b"RMC," in line[:7] and bursts[-1]:
+            bursts.append(b"")
+        bursts[-1] += line
+    return bursts
+
+
+@needs_captures
+def test_capture_replayed_at_its_real_pace(pty_unit) -> None:
+    """Three bursts one second apart: one sample each, stamped one second apart."""
+    master, loop, ctx, drv = pty_unit
+    bursts = _bursts(read_capture((CAPTURES / "neo-m8n.log").read_bytes()))[1:4]
+    start = time.monotonic_ns()
+    for i, burst in enumerate(bursts):
+        pump(loop, lambda: False, timeout_s=max(0.0, (start + i * NS - time.monotonic_ns()) / NS))
+        write_all(master, loop, burst)
+    pump(loop, lambda: len(ctx.samples) >= 3)
+    assert len(ctx.samples) == 3
+    refs = [s.reference_ns for s in ctx.samples]
+    assert [b - a for a, b in zip(refs, refs[1:], strict=False)] == [NS, NS]
+    gaps = [b.local_ns - a.local_ns for a, b in zip(ctx.samples, ctx.samples[1:], strict=False)]
+    assert all(abs(g - NS) < 200 * MS for g in gaps), gaps  # loose: CI machines are noisy
+
+
+def test_garbage_and_baud_mismatch_noise_give_no_sample(pty_unit) -> None:
+    master, loop, ctx, drv = pty_unit
+    rng = random.Random(20)
+    good = b"$GPRMC,235959.00,A,5231.12345,N,01324.54321,E,0.012,,311216,,,A*75"
+    noise = bytes(rng.randrange(256) for _ in range(3000))  # wrong baud looks like this
+    bad = [
+        good[:-2] + b"00",  # bad checksum
+        good[:30],  # truncated
+        good.replace(b",A,", b",V,", 1)[:-3],  # no checksum on RMC
+        b"$GPRMC,246000.00,A,5231.1,N,01324.5,E,0.0,,311216,,,A",
+        b"$" + b"9" * 600,
+    ]
+    payload = noise + b"\r\n".join(bad) + b"\r\n" + noise
+    write_all(master, loop, payload)
+    pump(loop, lambda: drv.port.bytes_read >= len(payload))
+    assert drv.port.bytes_read == len(payload)
+    assert ctx.samples == [] and ctx.faults == []
+    assert ctx.counts.get("malformed", 0) >= 4 and ctx.counts.get("badformat", 0) >= 3
+    assert drv.status()["line_error"] is True
+    # and the line recovers as soon as good data comes
+    write_all(master, loop, good + b"\r\n")
+    pump(loop, lambda: bool(ctx.samples))
+    assert len(ctx.samples) == 1
+
+
+def test_device_gone_is_a_fault(pty_unit) -> None:
+    master, loop, ctx, drv = pty_unit
+    os.close(master)
+    pump(loop, lambda: bool(ctx.faults))
+    assert len(ctx.faults) == 1
+
+
+def test_open_missing_device_raises() -> None:
+    loop = EventLoop()
+    ctx = RecordingContext(loop, SystemClock())
+    drv = NmeaDriver(unit_config(type=20, path="/dev/no-such-gps"), ctx)
+    with pytest.raises(OSError, match="no-such-gps"):
+        drv.open()
+    drv.close()
+    loop.close()
+
+
+# -- pairing with PPS, without hardware ---------------------------------------------------------
+class FakeLoop:
+    def __init__(self) -> None:
+        self.t = 0
+
+    def now_ns(self) -> int:
+        return self.t
+
+    def call_every(self, interval_s, cb, first_s=None):
+        return type("T", (), {"cancel": lambda self: None})()
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.t = 1_718_452_800 * NS  # 2024-06-15T12:00:00Z
+
+    def now_ns(self) -> int:
+        return self.t
+
+
+@dataclass
+class FakeEdge:
+    sequence: int
+    timestamp_ns: int
+
+
+class FakePps:
+    def __init__(self) -> None:
+        self.edge: FakeEdge | None = None
+        self.opened = self.closed = False
+
+    def open(self) -> None:
+        self.opened = True
+
+    def close(self) -> None:
+        self.closed = True
+
+    def fetch(self) -> list[FakeEdge]:
+        return [self.edge] if self.edge else []
+
+
+class FakePort:
+    def __init__(self, path, baud, loop, clock, on_data, on_error, char_ns=None) -> None:
+        self.on_data, self.on_error = on_data, on_error
+
+    def open(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def rmc(sec: int) -> bytes:
+    body = f"GPRMC,1200{sec:02d}.00,A,4807.03812,N,01131.00054,E,0.021,,150624,,,A"
+    return f"${body}*{checksum(body.encode()):02X}\r\n".encode()
+
+
+def test_pps_edges_are_handed_over_and_time2_is_measured() -> None:
+    loop, clock, pps = FakeLoop(), FakeClock(), FakePps()
+    ctx = RecordingContext(loop, clock)
+    ports: list[FakePort] = []
+
+    def port_factory(*a, **kw):
+        ports.append(FakePort(*a, **kw))
+        return ports[-1]
+
+    cfg = unit_config(type=20, flag1=True, time1=0.0)
+    drv = NmeaDriver(
+        cfg, ctx, port_factory=port_factory, pps_factory=lambda p, clear, c: pps,
+        pivot_ns=PIVOT_2014,
+    )
+    drv.open()
+    assert pps.opened and drv.ppspath == "/dev/gpspps0"
+    base = clock.t  # the true top of second 12:00:00, local clock exact
+    latency = 137 * MS
+    for k in range(5):
+        edge = base + k * NS + 40_000  # the PPS edge, 40 us late
+        pps.edge = FakeEdge(k + 1, edge)
+        clock.t = edge + latency + 5 * MS
+        line = rmc(k)
+        # the line's end arrived `latency` after the edge; its burst began 60 ms after the edge
+        chunk = Chunk(drv.framer.position, len(line), edge + latency, 0, edge + 60 * MS, clock.t)
+        ports[0].on_data(line, chunk)
+    assert ctx.pulses == [base + k * NS + 40_000 for k in range(5)]
+    assert [s.reference_ns - base for s in ctx.samples] == [k * NS for k in range(5)]
+    st = drv.status()
+    assert st["pps"]["used"] == 5 and st["pps"]["open"]
+    assert st["time2_suggested"] == pytest.approx(0.137, abs=1e-6)
+    assert st["burst_latency_ms"] == pytest.approx(60.0)
+    drv.close()
+    assert pps.closed
+
+
+def test_missing_pps_device_keeps_nmea_running() -> None:
+    loop, clock = FakeLoop(), FakeClock()
+    ctx = RecordingContext(loop, clock)
+
+    def no_pps(path, clear, c):
+        raise OSError(f"{path}: no such PPS device")
+
+    drv = NmeaDriver(
+        unit_config(type=20, ppspath="/dev/pps7"), ctx,
+        port_factory=FakePort, pps_factory=no_pps, pivot_ns=PIVOT_2014,
+    )
+    drv.open()
+    assert drv.status()["pps"]["error"] == "/dev/pps7: no such PPS device"
+    drv.close()
+
+
+def test_flag4_obscures_position_in_timecodes() -> None:
+    loop, clock = FakeLoop(), FakeClock()
+    ctx = RecordingContext(loop, clock)
+    ports: list[FakePort] = []
+    drv = NmeaDriver(
+        unit_config(type=20, flag4=True, mode=0x10000), ctx,
+        port_factory=lambda *a, **k: ports.append(FakePort(*a, **k)) or ports[-1],
+        pivot_ns=PIVOT_2014,
+    )
+    drv.open()
+    line = rmc(0)
+    ports[0].on_data(line, Chunk(0, len(line), clock.t, 0, clock.t, clock.t))
+    assert len(ctx.samples) == 1
+    assert "4807" not in ctx.timecodes[0] and "01131" not in ctx.timecodes[0]
+    assert ctx.timecodes[0].endswith(" 1 1 0 0 0 0")  # extended stats (mode 0x10000)
