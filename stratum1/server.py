@@ -1,0 +1,464 @@
+"""The NTP serving hot path: answer client requests from the published system snapshot.
+
+``build_reply`` is the pure core (request + receive/transmit times + snapshot -> reply bytes);
+``NtpServer`` owns one UDP socket, drains it in bounded batches from the event loop, stamps
+receive times in the kernel, and routes mode 6 to a control handler. Mode 7 is never answered.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+
+from . import netio
+from .clock import Clock
+from .eventloop import EventLoop
+from .ntptime import ns_to_ntp64, seconds_to_short
+from .packet import (
+    CRYPTO_NAK,
+    HEADER,
+    HEADER_LEN,
+    MODE_CLIENT,
+    MODE_CONTROL,
+    MODE_PRIVATE,
+    MODE_SERVER,
+    MODE_UNSPEC,
+    VERSION_MAX,
+    VERSION_MIN,
+    Mac,
+    NtpPacket,
+    PacketError,
+)
+from .snapshot import STRATUM_UNSYNC, SystemSnapshot
+
+log = logging.getLogger(__name__)
+
+#: ntpd's minimum poll exponent: replies carry max(request poll, this), as ntpd's fast_xmit does.
+NTP_MINPOLL = 3
+#: Stratum 16 ("unsynchronised") goes on the wire as 0, as ntpd's STRATUM_TO_PKT does;
+#: clients map 0 back to 16.
+STRATUM_PKT_UNSPEC = 0
+#: Large enough for NTS-sized requests; longer datagrams are truncated and dropped.
+RECV_BUFSIZE = 2048
+DEFAULT_BATCH = 64
+_DROP_LOG_INTERVAL_NS = 60 * 1_000_000_000
+_MAX_NTP64 = (1 << 64) - 1
+
+Address = tuple
+#: Given the request's MAC-covered bytes (header + extension fields) and its MAC, return a signer
+#: for the reply (reply bytes -> key id + digest) or None: unknown key or bad digest.
+Signer = Callable[[bytes], bytes]
+Authenticator = Callable[[bytes, Mac], Signer | None]
+#: Handles a mode-6 datagram; returns the answer to send, or None.
+ControlHandler = Callable[[bytes, Address], bytes | None]
+#: Handles a symmetric/server/broadcast datagram (modes 1, 2, 4, 5) with its receive time.
+PeerHandler = Callable[[bytes, Address, int], bytes | None]
+
+#: What an access check (``restrict``, rate limiting) decides for one datagram.
+SERVE = "serve"
+DROP = "drop"
+KOD = "kod"  # answer a client request with a RATE kiss-o'-death instead of the time
+#: Given the sender's address and the packet's mode, return SERVE, DROP or KOD.
+AccessCheck = Callable[[Address, int], str]
+
+
+def serve_all(_address: Address, _mode: int) -> str:
+    """The default access check: everyone is served (``restrict default`` with no flags)."""
+    return SERVE
+
+
+def no_keys(_covered: bytes, _mac: Mac) -> Signer | None:
+    """The default authenticator: no keys are known, so every MAC earns a crypto-NAK."""
+    return None
+
+
+def is_client_request(version: int, mode: int) -> bool:
+    """Mode 3, or mode 0 from an NTPv1 client (RFC 1059 had no mode field)."""
+    return mode == MODE_CLIENT or (mode == MODE_UNSPEC and version == 1)
+
+
+class ReplyTemplate:
+    """The snapshot's part of every reply, converted to wire values once per snapshot."""
+
+    __slots__ = ("leap", "stratum", "precision", "root_delay", "root_dispersion", "refid",
+                 "reference", "min_poll", "snapshot")  # fmt: skip
+
+    def __init__(self, snapshot: SystemSnapshot, min_poll: int = NTP_MINPOLL) -> None:
+        self.snapshot = snapshot
+        self.leap = snapshot.leap & 0x03
+        stratum = snapshot.stratum
+        self.stratum = STRATUM_PKT_UNSPEC if stratum >= STRATUM_UNSYNC or stratum < 0 else stratum
+        self.precision = max(-128, min(127, snapshot.precision))
+        self.root_delay = _signed_short(snapshot.root_delay)
+        self.root_dispersion = seconds_to_short(snapshot.root_dispersion)
+        refid = bytes(snapshot.refid[:4])
+        self.refid = refid + bytes(4 - len(refid))
+        # 0 means "never synchronised" and must stay 0 on the wire, not become 1970.
+        self.reference = ns_to_ntp64(snapshot.reference_ns) if snapshot.reference_ns else 0
+        self.min_poll = min_poll
+
+    def render(self, version: int, request_poll: int, origin: int, rx_ns: int, tx_ns: int) -> bytes:
+        """The 48-byte mode-4 reply to a request of ``version`` whose transmit was ``origin``."""
+        return HEADER.pack(
+            (self.leap << 6) | (version << 3) | MODE_SERVER,
+            self.stratum,
+            max(request_poll, self.min_poll),
+            self.precision,
+            self.root_delay,
+            self.root_dispersion,
+            self.refid,
+            self.reference,
+            origin,
+            ns_to_ntp64(rx_ns),
+            ns_to_ntp64(tx_ns),
+        )
+
+
+def _signed_short(seconds: float) -> int:
+    """Seconds to NTP short format, keeping a negative root delay as two's complement."""
+    if seconds >= 0:
+        return min(seconds_to_short(seconds), 0x7FFFFFFF)
+    return (-min(seconds_to_short(-seconds), 0x80000000)) & 0xFFFFFFFF
+
+
+def build_reply(
+    request: NtpPacket | bytes,
+    rx_ns: int,
+    snapshot: SystemSnapshot | ReplyTemplate,
+    tx_ns: int,
+    *,
+    min_poll: int = NTP_MINPOLL,
+) -> bytes:
+    """The unauthenticated 48-byte reply to a client request (pure).
+
+    The request's version is echoed and its transmit timestamp becomes the origin; ``rx_ns``
+    and ``tx_ns`` are Unix ns. Raises ``PacketError`` if ``request`` is not a client request.
+    Extension fields in the request are ignored; MAC handling is the caller's (``NtpServer``).
+    """
+    packet = request if isinstance(request, NtpPacket) else NtpPacket.unpack(request)
+    if not VERSION_MIN <= packet.version <= VERSION_MAX:
+        raise PacketError(f"unsupported NTP version {packet.version}")
+    if not is_client_request(packet.version, packet.mode):
+        raise PacketError(f"mode {packet.mode} (version {packet.version}) is not a client request")
+    template = (
+        snapshot if isinstance(snapshot, ReplyTemplate) else ReplyTemplate(snapshot, min_poll)
+    )
+    return template.render(packet.version, packet.poll, packet.transmit & _MAX_NTP64, rx_ns, tx_ns)
+
+
+def build_kod(request: bytes, code: bytes = b"RATE", min_poll: int = NTP_MINPOLL) -> bytes:
+    """A kiss-o'-death reply to a client request (pure): LI 3, stratum 0, the kiss code as refid.
+
+    As ntpd does, it reveals no time of ours: the request's transmit timestamp fills origin,
+    receive and transmit; precision, root delay/dispersion and reference time are echoed.
+    """
+    if len(request) < HEADER_LEN:
+        raise PacketError("a kiss-o'-death answers a full 48-byte request")
+    (lvm, _stratum, poll, precision, rdelay, rdisp, _refid,
+     reference, _org, _rec, xmt) = HEADER.unpack_from(request)  # fmt: skip
+    version = (lvm >> 3) & 0x07
+    if not VERSION_MIN <= version <= VERSION_MAX or not is_client_request(version, lvm & 0x07):
+        raise PacketError("a kiss-o'-death answers only a client request")
+    kiss = (bytes(code[:4]) + bytes(4))[:4]
+    return HEADER.pack((3 << 6) | (version << 3) | MODE_SERVER, STRATUM_PKT_UNSPEC,
+                       max(poll, min_poll), precision, rdelay, rdisp, kiss, reference,
+                       xmt, xmt, xmt)  # fmt: skip
+
+
+@dataclass(slots=True)
+class ServerStats:
+    """Counters of everything the server received and what became of it."""
+
+    received: int = 0
+    replied: int = 0  # NTP replies sent (including crypto-NAKs)
+    new_version: int = 0  # client requests of version 4
+    old_version: int = 0  # client requests of versions 1-3
+    crypto_naks: int = 0  # requests with a MAC we could not verify, answered with a crypto-NAK
+    control: int = 0  # mode-6 packets handed to the control handler
+    control_replied: int = 0
+    peer: int = 0  # mode 1/2/4/5 packets handed to the peer handler
+    malformed: int = 0  # too short, bad trailer, truncated
+    bad_version: int = 0  # version 0 or above 4
+    mode7: int = 0  # private mode: never answered (CVE-2013-5211)
+    not_a_request: int = 0  # modes nobody here handles
+    bad_auth: int = 0  # a request whose MAC is a bare key id (ntpd drops those too)
+    oversize: int = 0  # a reply would have been larger than its request: not sent
+    restricted: int = 0  # refused by the access check
+    kod_sent: int = 0  # answered with a RATE kiss-o'-death (counted in replied too)
+    sent: int = 0  # datagrams of any kind sent
+    send_errors: int = 0
+    recv_errors: int = 0
+    unstamped: int = 0  # no kernel receive stamp came with the datagram: the clock was read
+
+    @property
+    def dropped(self) -> int:
+        return (self.malformed + self.bad_version + self.mode7 + self.not_a_request
+                + self.bad_auth + self.oversize + self.restricted)  # fmt: skip
+
+    def as_dict(self) -> dict[str, int]:
+        values = asdict(self)
+        values["dropped"] = self.dropped
+        return values
+
+
+class NtpServer:
+    """Answers NTP client requests on one UDP socket, driven by the daemon's EventLoop.
+
+    The daemon calls ``open()``, registers ``fileno()``/``handle_readable`` with its loop (or
+    calls ``attach(loop)``), and ``close()`` at exit. ``get_snapshot`` is read once per batch.
+    """
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        get_snapshot: Callable[[], SystemSnapshot],
+        clock: Clock,
+        *,
+        authenticate: Authenticator = no_keys,
+        control_handler: ControlHandler | None = None,
+        access: AccessCheck = serve_all,
+        peer_handler: PeerHandler | None = None,
+        min_poll: int = NTP_MINPOLL,
+        max_batch: int = DEFAULT_BATCH,
+        rcvbuf: int = netio.DEFAULT_RCVBUF,
+        kernel_timestamps: bool = True,
+        reuse_port: bool = False,
+    ) -> None:
+        self._address = address
+        self._get_snapshot = get_snapshot
+        self._clock = clock
+        self.authenticate = authenticate
+        self.control_handler = control_handler
+        self.access = access
+        self.peer_handler = peer_handler
+        self._min_poll = min_poll
+        self._max_batch = max(1, max_batch)
+        self._rcvbuf = rcvbuf
+        # Kernel stamps are CLOCK_REALTIME: only meaningful when the served clock is the system's.
+        self._kernel_timestamps = kernel_timestamps
+        self._reuse_port = reuse_port
+        self._sock: socket.socket | None = None
+        self._template: ReplyTemplate | None = None
+        self._loop: EventLoop | None = None
+        self._last_drop_log_ns: int | None = None
+        self.timestamp_mode = netio.TS_CLOCK
+        self.stats = ServerStats()
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def open(self) -> None:
+        """Bind the UDP socket and enable kernel receive timestamps (best available)."""
+        if self._sock is not None:
+            return
+        sock = netio.open_udp(self._address, self._rcvbuf, self._reuse_port)
+        self.timestamp_mode = (
+            netio.enable_rx_timestamps(sock) if self._kernel_timestamps else netio.TS_CLOCK
+        )
+        if netio.is_wildcard(self._address[0]):
+            netio.enable_pktinfo(sock)
+        self._sock = sock
+        log.info("serving NTP on %s (receive timestamps: %s)", self.address, self.timestamp_mode)
+
+    def attach(self, loop: EventLoop) -> None:
+        """Open if needed and register with ``loop``."""
+        self.open()
+        self._loop = loop
+        loop.add_reader(self.fileno(), self.handle_readable)
+
+    def close(self) -> None:
+        if self._sock is None:
+            return
+        if self._loop is not None:
+            self._loop.remove_reader(self._sock.fileno())
+            self._loop = None
+        self._sock.close()
+        self._sock = None
+
+    def fileno(self) -> int:
+        if self._sock is None:
+            raise RuntimeError("NtpServer is not open")
+        return self._sock.fileno()
+
+    @property
+    def address(self) -> tuple:
+        """The bound address (with the real port when asked for port 0)."""
+        if self._sock is None:
+            return self._address
+        return self._sock.getsockname()
+
+    # -- the hot path -----------------------------------------------------------------------
+    def handle_readable(self) -> None:
+        """Drain up to ``max_batch`` datagrams and answer each; poll() calls again for more."""
+        sock = self._sock
+        if sock is None:
+            return
+        template = self._current_template()
+        now_ns = self._clock.now_ns
+        stamped = self.timestamp_mode != netio.TS_CLOCK
+        for _ in range(self._max_batch):
+            try:
+                dgram = netio.receive(sock, RECV_BUFSIZE)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                self.stats.recv_errors += 1
+                log.debug("recvmsg failed: %s", exc)
+                return
+            rx_ns = dgram.rx_ns
+            if rx_ns is None or not stamped:
+                # The kernel enables software stamping lazily (a static key flipped from a work
+                # queue), so the first datagrams after open() may arrive without one.
+                rx_ns = now_ns()
+                self.stats.unstamped += stamped
+            if dgram.truncated:
+                self.stats.received += 1
+                self._drop("malformed", dgram.address, "longer than the receive buffer")
+                continue
+            reply = self.process(dgram.data, dgram.address, rx_ns, template)
+            if reply is not None:
+                self._send(sock, reply, dgram.address, dgram.reply_cmsg)
+
+    def process(
+        self, data: bytes, address: Address, rx_ns: int, template: ReplyTemplate | None = None
+    ) -> bytes | None:
+        """Decide the answer to one datagram (None: no answer) and count what happened.
+
+        Socket-free so that other transports (recvmmsg batches, a simulator) can reuse it.
+        """
+        self.stats.received += 1
+        if template is None:
+            template = self._current_template()
+        if not data:
+            return self._drop("malformed", address, "empty datagram")
+        first = data[0]
+        mode = first & 0x07
+        version = (first >> 3) & 0x07
+        if mode == MODE_PRIVATE:
+            return self._drop("mode7", address, "mode 7")
+        verdict = self.access(address, mode)
+        if verdict == DROP:
+            return self._drop("restricted", address, "refused by restrict")
+        if mode == MODE_CONTROL:
+            self.stats.control += 1
+            if self.control_handler is None:
+                return None
+            answer = self.control_handler(data, address)
+            if answer is not None:
+                self.stats.control_replied += 1
+            return answer
+        if not VERSION_MIN <= version <= VERSION_MAX:
+            return self._drop("bad_version", address, f"version {version}")
+        if not is_client_request(version, mode):
+            if self.peer_handler is None or mode == MODE_UNSPEC:
+                return self._drop("not_a_request", address, f"mode {mode}")
+            if verdict == KOD:
+                return self._drop("restricted", address, "rate limited")
+            self.stats.peer += 1
+            return self._guard(self.peer_handler(data, address, rx_ns), data, address)
+        return self._answer_client(data, address, version, rx_ns, template, verdict == KOD)
+
+    def _answer_client(
+        self,
+        data: bytes,
+        address: Address,
+        version: int,
+        rx_ns: int,
+        template: ReplyTemplate,
+        kod: bool = False,
+    ) -> bytes | None:
+        mac: Mac | None = None
+        if len(data) == HEADER_LEN:
+            # The common case: one struct unpack, no trailer to parse.
+            fields = HEADER.unpack(data)
+            poll, transmit = fields[2], fields[10]
+        else:
+            try:
+                packet = NtpPacket.unpack(data)
+            except PacketError as exc:
+                return self._drop("malformed", address, str(exc))
+            poll, transmit, mac = packet.poll, packet.transmit, packet.mac
+        if version == 4:
+            self.stats.new_version += 1
+        else:
+            self.stats.old_version += 1
+        if kod:
+            self.stats.kod_sent += 1
+            return self._guard(build_kod(data, min_poll=self._min_poll), data, address)
+        if mac is None:
+            reply = template.render(version, poll, transmit, rx_ns, self._clock.now_ns())
+            return self._guard(reply, data, address)
+        if len(mac) == 4:
+            return self._drop("bad_auth", address, "request carries a bare key id")
+        signer = self.authenticate(data[: len(data) - len(mac)], mac)
+        reply = template.render(version, poll, transmit, rx_ns, self._clock.now_ns())
+        if signer is None:
+            self.stats.crypto_naks += 1
+            return self._guard(reply + CRYPTO_NAK, data, address)
+        return self._guard(reply + signer(reply), data, address)
+
+    def _guard(self, reply: bytes | None, data: bytes, address: Address) -> bytes | None:
+        # Unauthenticated answers are never larger than the request: no amplification.
+        if reply is not None and len(reply) > len(data):
+            return self._drop("oversize", address, f"{len(reply)}-byte reply to {len(data)} bytes")
+        return reply
+
+    def _send(
+        self, sock: socket.socket, reply: bytes, address: Address, cmsg: netio.Cmsg | None
+    ) -> None:
+        try:
+            netio.send(sock, reply, address, cmsg)
+        except OSError as exc:
+            # A full send buffer or an unreachable client: drop this reply, keep serving.
+            self.stats.send_errors += 1
+            log.debug("sendto %s failed: %s", address, exc)
+            return
+        self.stats.sent += 1
+        if _is_mode4(reply):
+            self.stats.replied += 1
+
+    def _current_template(self) -> ReplyTemplate:
+        snapshot = self._get_snapshot()
+        template = self._template
+        if template is None or template.snapshot is not snapshot:
+            template = self._template = ReplyTemplate(snapshot, self._min_poll)
+        return template
+
+    def _drop(self, reason: str, address: Address, detail: str) -> None:
+        setattr(self.stats, reason, getattr(self.stats, reason) + 1)
+        now = self._clock.monotonic_ns()
+        last = self._last_drop_log_ns
+        # Logged once per burst: a flood of junk must not become a flood of log lines.
+        if last is None or now - last >= _DROP_LOG_INTERVAL_NS:
+            self._last_drop_log_ns = now
+            log.info("dropped a packet from %s (%s: %s); more drops are counted, not logged, "
+                     "for 60 s", address[0] if address else "?", reason, detail)  # fmt: skip
+        else:
+            log.debug("dropped a packet from %s (%s: %s)", address, reason, detail)
+        return None
+
+
+def _is_mode4(data: bytes) -> bool:
+    # Control and peer answers are counted by their own counters, not as NTP replies.
+    return bool(data) and data[0] & 0x07 == MODE_SERVER
+
+
+__all__ = [
+    "DROP",
+    "KOD",
+    "NTP_MINPOLL",
+    "SERVE",
+    "AccessCheck",
+    "Authenticator",
+    "ControlHandler",
+    "NtpServer",
+    "PeerHandler",
+    "ReplyTemplate",
+    "ServerStats",
+    "Signer",
+    "build_kod",
+    "build_reply",
+    "is_client_request",
+    "no_keys",
+    "serve_all",
+]

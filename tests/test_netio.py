@@ -1,0 +1,156 @@
+"""Tests for stratum1/netio.py: socket options, ancillary-data timestamps, truncation."""
+
+import select
+import socket
+import struct
+import time
+
+import pytest
+
+from stratum1 import netio
+
+
+def test_rx_timestamp_from_scm_timestamping_64_and_32_bit_layouts():
+    ts64 = struct.pack("=6q", 1_767_225_600, 123_456_789, 0, 0, 0, 0)
+    ts32 = struct.pack("=6i", 1_767_225_600, 5, 0, 0, 0, 0)
+    sol = socket.SOL_SOCKET
+    assert netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPING, ts64)]) == 1_767_225_600_123_456_789
+    assert netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPING, ts32)]) == 1_767_225_600_000_000_005
+    assert netio.rx_timestamp([(sol, netio.SO_TIMESTAMPING_NEW, ts64)]) == 1_767_225_600_123_456_789
+
+
+def test_rx_timestamp_from_scm_timestampns():
+    sol = socket.SOL_SOCKET
+    assert (
+        netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPNS, struct.pack("=2q", 7, 8))])
+        == 7 * 10**9 + 8
+    )
+    assert (
+        netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPNS, struct.pack("=2i", 7, 8))])
+        == 7 * 10**9 + 8
+    )
+
+
+def test_rx_timestamp_ignores_what_it_cannot_use():
+    sol = socket.SOL_SOCKET
+    assert netio.rx_timestamp([]) is None
+    # Only a hardware stamp (ts[2]) present: no software time.
+    hw_only = struct.pack("=6q", 0, 0, 0, 0, 5, 6)
+    assert netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPING, hw_only)]) is None
+    assert netio.rx_timestamp([(sol, netio.SCM_TIMESTAMPING, b"\x01\x02")]) is None
+    assert netio.rx_timestamp([(socket.IPPROTO_IP, netio.SCM_TIMESTAMPNS, bytes(16))]) is None
+
+
+def test_family_for():
+    assert netio.family_for("127.0.0.1") == socket.AF_INET
+    assert netio.family_for("0.0.0.0") == socket.AF_INET
+    assert netio.family_for("::1") == socket.AF_INET6
+    assert netio.family_for("::") == socket.AF_INET6
+
+
+class RefusingSocket:
+    def __init__(self, refuse):
+        self.refuse = refuse
+        self.set = []
+
+    def setsockopt(self, level, option, value):
+        if option in self.refuse:
+            raise OSError(92, "Protocol not available")
+        self.set.append((level, option, value))
+
+
+def test_enable_rx_timestamps_falls_back():
+    flags = netio.SOF_TIMESTAMPING_RX_SOFTWARE | netio.SOF_TIMESTAMPING_SOFTWARE
+    ok = RefusingSocket(refuse=())
+    assert netio.enable_rx_timestamps(ok) == netio.TS_TIMESTAMPING
+    assert ok.set == [(socket.SOL_SOCKET, netio.SO_TIMESTAMPING, flags)]
+    fallback = RefusingSocket(refuse=(netio.SO_TIMESTAMPING,))
+    assert netio.enable_rx_timestamps(fallback) == netio.TS_TIMESTAMPNS
+    neither = RefusingSocket(refuse=(netio.SO_TIMESTAMPING, netio.SO_TIMESTAMPNS))
+    assert netio.enable_rx_timestamps(neither) == netio.TS_CLOCK
+
+
+@pytest.mark.parametrize("option", ["timestamping", "timestampns"])
+def test_real_socket_kernel_stamp_precedes_the_read(option):
+    sock = netio.open_udp(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        if option == "timestamping":
+            assert netio.enable_rx_timestamps(sock) == netio.TS_TIMESTAMPING
+        else:
+            sock.setsockopt(socket.SOL_SOCKET, netio.SO_TIMESTAMPNS, 1)
+        with pytest.raises(BlockingIOError):
+            netio.receive(sock, 2048)
+        # The kernel turns software stamping on lazily (from a work queue): the first few
+        # datagrams may come without a stamp. One of the first 50 must have it.
+        for _ in range(50):
+            before = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            client.sendto(b"x" * 48, sock.getsockname())
+            select.select([sock], [], [], 2.0)
+            dgram = netio.receive(sock, 2048)
+            after = time.clock_gettime_ns(time.CLOCK_REALTIME)
+            assert dgram.data == b"x" * 48 and not dgram.truncated
+            assert dgram.address[1] == client.getsockname()[1]
+            if dgram.rx_ns is not None:
+                break
+            time.sleep(0.01)
+        assert dgram.rx_ns is not None and before <= dgram.rx_ns <= after
+    finally:
+        sock.close()
+        client.close()
+
+
+def test_truncated_datagram_is_flagged_and_buffer_is_modest():
+    sock = netio.open_udp(("127.0.0.1", 0), rcvbuf=256 * 1024)
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        # Linux doubles the requested size for bookkeeping; it must stay in that order.
+        assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) <= 2 * 256 * 1024
+        client.sendto(bytes(3000), sock.getsockname())
+        select.select([sock], [], [], 2.0)
+        dgram = netio.receive(sock, 2048)
+        assert dgram.truncated and len(dgram.data) == 2048
+        assert dgram.rx_ns is None  # no timestamp option enabled
+    finally:
+        sock.close()
+        client.close()
+
+
+def test_ipv6_socket_is_v6_only():
+    try:
+        sock = netio.open_udp(("::1", 0))
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        assert sock.family == socket.AF_INET6
+        assert sock.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 1
+    finally:
+        sock.close()
+
+
+def test_reply_cmsg_from_pktinfo():
+    v4 = struct.pack("=i4s4s", 3, socket.inet_aton("10.0.0.1"), socket.inet_aton("192.0.2.7"))
+    level, kind, payload = netio.reply_cmsg([(socket.IPPROTO_IP, netio.IP_PKTINFO, v4)])
+    assert (level, kind) == (socket.IPPROTO_IP, netio.IP_PKTINFO)
+    assert payload == struct.pack("=i4s4s", 0, socket.inet_aton("192.0.2.7"), bytes(4))
+    addr6 = socket.inet_pton(socket.AF_INET6, "fe80::1")
+    v6 = struct.pack("=16si", addr6, 2)
+    assert netio.reply_cmsg([(socket.IPPROTO_IPV6, netio.IPV6_PKTINFO, v6)]) == (
+        socket.IPPROTO_IPV6,
+        netio.IPV6_PKTINFO,
+        v6,
+    )
+    assert netio.reply_cmsg([(socket.IPPROTO_IP, netio.IP_PKTINFO, b"\0")]) is None
+    assert netio.reply_cmsg([]) is None
+
+
+def test_reuse_port_lets_workers_share_a_port():
+    first = netio.open_udp(("127.0.0.1", 0), reuse_port=True)
+    try:
+        port = first.getsockname()[1]
+        second = netio.open_udp(("127.0.0.1", port), reuse_port=True)
+        second.close()
+        with pytest.raises(OSError):
+            netio.open_udp(("127.0.0.1", port))  # without the option the port is taken
+    finally:
+        first.close()

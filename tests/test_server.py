@@ -1,0 +1,562 @@
+"""Tests for stratum1/server.py: build_reply field by field, request routing, and a real
+loopback server driven by the EventLoop (versions, timestamps, junk, mode 7, a bounded flood)."""
+
+import hashlib
+import random
+import select
+import socket
+import struct
+import time
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stratum1.clock import FrozenDisciplineClock, SystemClock
+from stratum1.eventloop import EventLoop
+from stratum1.ntptime import ns_to_ntp64, ntp64_to_ns, seconds_to_short
+from stratum1.packet import CRYPTO_NAK, Mac, NtpPacket, PacketError
+from stratum1.server import NTP_MINPOLL, NtpServer, ReplyTemplate, build_kod, build_reply
+from stratum1.snapshot import UNSYNCHRONIZED, SystemSnapshot
+
+NOW_NS = 1_767_225_600_123_456_789
+SYNCED = SystemSnapshot(
+    leap=0,
+    stratum=1,
+    precision=-22,
+    poll=4,
+    root_delay=0.0,
+    root_dispersion=0.000_5,
+    refid=b"GPS\0",
+    reference_ns=NOW_NS - 3_000_000_000,
+)
+
+
+def request(version=4, mode=3, poll=6, transmit=0xEC5B7F2A12345678, trailer=b"") -> bytes:
+    return NtpPacket(version=version, mode=mode, poll=poll, transmit=transmit).pack() + trailer
+
+
+class StepClock:
+    """A fake clock that advances 1 µs per read, so every reading is predictable."""
+
+    can_adjust = False
+
+    def __init__(self, start_ns=NOW_NS):
+        self.t = start_ns
+        self.mono = 0
+
+    def now_ns(self):
+        self.t += 1000
+        return self.t
+
+    def monotonic_ns(self):
+        self.mono += 1000
+        return self.mono
+
+
+# -- build_reply ------------------------------------------------------------------------------
+
+
+def test_build_reply_every_field_synchronised():
+    rx, tx = NOW_NS, NOW_NS + 25_000
+    data = build_reply(request(version=4, poll=6), rx, SYNCED, tx)
+    assert len(data) == 48
+    r = NtpPacket.unpack(data)
+    assert (r.leap, r.version, r.mode) == (0, 4, 4)
+    assert r.stratum == 1
+    assert r.poll == 6
+    assert r.precision == -22
+    assert r.root_delay == 0
+    assert r.root_dispersion == seconds_to_short(0.0005)
+    assert r.refid == b"GPS\0"
+    assert r.reference == ns_to_ntp64(SYNCED.reference_ns)
+    assert r.origin == 0xEC5B7F2A12345678
+    assert r.receive == ns_to_ntp64(rx)
+    assert r.transmit == ns_to_ntp64(tx)
+    assert abs(ntp64_to_ns(r.receive) - rx) <= 1
+    assert r.extensions == () and r.mac is None
+
+
+def test_build_reply_unsynchronised_says_so():
+    r = NtpPacket.unpack(build_reply(request(), NOW_NS, UNSYNCHRONIZED, NOW_NS))
+    assert r.leap == 3
+    # Stratum 16 travels as 0 ("unspecified"), as ntpd's STRATUM_TO_PKT does.
+    assert r.stratum == 0
+    assert r.refid == b"INIT"
+    assert r.reference == 0  # never synchronised: zero, not 1970
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_build_reply_echoes_version(version):
+    r = NtpPacket.unpack(build_reply(request(version=version), NOW_NS, SYNCED, NOW_NS))
+    assert r.version == version and r.mode == 4
+
+
+def test_version_1_mode_0_is_a_client_request():
+    r = NtpPacket.unpack(build_reply(request(version=1, mode=0), NOW_NS, SYNCED, NOW_NS))
+    assert (r.version, r.mode) == (1, 4)
+    with pytest.raises(PacketError):
+        build_reply(request(version=2, mode=0), NOW_NS, SYNCED, NOW_NS)
+
+
+@pytest.mark.parametrize("mode", [1, 2, 4, 5])
+def test_build_reply_refuses_other_modes(mode):
+    with pytest.raises(PacketError, match="not a client request"):
+        build_reply(request(mode=mode), NOW_NS, SYNCED, NOW_NS)
+
+
+@pytest.mark.parametrize("req_poll, expected", [(0, NTP_MINPOLL), (-3, NTP_MINPOLL), (10, 10)])
+def test_poll_is_max_of_request_and_minpoll(req_poll, expected):
+    r = NtpPacket.unpack(build_reply(request(poll=req_poll), NOW_NS, SYNCED, NOW_NS))
+    assert r.poll == expected
+    r = NtpPacket.unpack(build_reply(request(poll=req_poll), NOW_NS, SYNCED, NOW_NS, min_poll=6))
+    assert r.poll == max(req_poll, 6)
+
+
+def test_root_delay_and_dispersion_short_format():
+    snap = SystemSnapshot(leap=0, stratum=2, root_delay=0.25, root_dispersion=1.5)
+    r = NtpPacket.unpack(build_reply(request(), NOW_NS, snap, NOW_NS))
+    assert r.root_delay == 0x4000 and r.root_dispersion == 0x18000
+    negative = SystemSnapshot(leap=0, stratum=2, root_delay=-0.5)
+    r = NtpPacket.unpack(build_reply(request(), NOW_NS, negative, NOW_NS))
+    assert r.root_delay_s == -0.5
+    huge = SystemSnapshot(leap=0, stratum=2, root_delay=1e9, root_dispersion=1e9)
+    r = NtpPacket.unpack(build_reply(request(), NOW_NS, huge, NOW_NS))
+    assert r.root_delay == 0x7FFFFFFF and r.root_dispersion == 0xFFFFFFFF
+
+
+def test_build_reply_accepts_packet_or_template_and_ignores_extensions():
+    from stratum1.packet import ExtensionField
+
+    req = NtpPacket(extensions=(ExtensionField.padded(0x0104, b"x" * 32),), transmit=77)
+    a = build_reply(req, NOW_NS, SYNCED, NOW_NS)
+    b = build_reply(req.pack(), NOW_NS, ReplyTemplate(SYNCED), NOW_NS)
+    assert a == b and len(a) == 48 and NtpPacket.unpack(a).origin == 77
+
+
+def test_build_reply_leap_warning_passes_through():
+    snap = SystemSnapshot(leap=1, stratum=1, refid=b"PPS\0", reference_ns=NOW_NS)
+    assert NtpPacket.unpack(build_reply(request(), NOW_NS, snap, NOW_NS)).leap == 1
+
+
+# -- process(): routing without a socket ------------------------------------------------------
+
+
+def make_server(**kwargs):
+    return NtpServer(("127.0.0.1", 0), lambda: SYNCED, StepClock(), **kwargs)
+
+
+def test_process_client_request_reads_transmit_time_from_clock():
+    server = make_server()
+    reply = server.process(request(), ("192.0.2.1", 123), NOW_NS)
+    r = NtpPacket.unpack(reply)
+    assert r.receive == ns_to_ntp64(NOW_NS)
+    assert r.transmit == ns_to_ntp64(NOW_NS + 1000)  # first clock read
+    assert server.stats.new_version == 1
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "malformed"),
+        (b"\x23" * 47, "malformed"),
+        (request() + b"\0\0", "malformed"),
+        (request(version=4)[:1].replace(b"\x23", b"\x03") + bytes(47), "bad_version"),
+        (b"\x2b" + bytes(47), "bad_version"),  # version 5
+        (b"\x17" + bytes(47), "mode7"),
+        (b"\x27" + bytes(7), "mode7"),
+        (request(mode=4), "not_a_request"),
+        (request(mode=1), "not_a_request"),
+        (request(mode=5), "not_a_request"),
+        (request(version=3, mode=0), "not_a_request"),
+        (request(trailer=struct.pack("!I", 5)), "bad_auth"),
+    ],
+)
+def test_process_drops_and_counts(data, reason):
+    server = make_server()
+    assert server.process(data, ("192.0.2.1", 123), NOW_NS) is None
+    assert getattr(server.stats, reason) == 1
+    assert server.stats.dropped == 1
+    assert server.stats.replied == 0
+
+
+def test_mac_with_no_keys_gets_crypto_nak():
+    server = make_server()
+    data = request(trailer=struct.pack("!I", 1) + bytes(16))
+    reply = server.process(data, ("192.0.2.1", 123), NOW_NS)
+    assert len(reply) == 52 and reply.endswith(CRYPTO_NAK)
+    r = NtpPacket.unpack(reply)
+    assert r.mac is not None and r.mac.is_crypto_nak and r.mode == 4
+    assert server.stats.crypto_naks == 1
+
+
+def test_authenticator_hook_signs_replies():
+    key = b"secret"
+
+    def md5_auth(covered, mac):
+        if mac.keyid != 9 or hashlib.md5(key + covered).digest() != mac.digest:
+            return None
+        return lambda reply: struct.pack("!I", 9) + hashlib.md5(key + reply).digest()
+
+    server = make_server(authenticate=md5_auth)
+    body = request()
+    good = body + struct.pack("!I", 9) + hashlib.md5(key + body).digest()
+    reply = server.process(good, ("192.0.2.1", 123), NOW_NS)
+    r = NtpPacket.unpack(reply)
+    assert r.mac == Mac(9, hashlib.md5(key + reply[:48]).digest())
+    bad = body + struct.pack("!I", 9) + bytes(16)
+    assert server.process(bad, ("192.0.2.1", 123), NOW_NS).endswith(CRYPTO_NAK)
+    assert server.stats.crypto_naks == 1
+
+
+def test_signer_that_would_amplify_is_refused():
+    server = make_server(authenticate=lambda covered, mac: lambda reply: bytes(4 + 20))
+    data = request(trailer=struct.pack("!I", 1) + bytes(16))  # 68 bytes in, 72 would go out
+    assert server.process(data, ("192.0.2.1", 123), NOW_NS) is None
+    assert server.stats.oversize == 1
+
+
+def test_control_and_peer_handlers():
+    seen = []
+
+    def control(data, addr):
+        seen.append(("control", data, addr))
+        return b"\x16\x82" + bytes(10)
+
+    def peer(data, addr, rx_ns):
+        seen.append(("peer", data, rx_ns))
+        return None
+
+    server = make_server(control_handler=control, peer_handler=peer)
+    mode6 = b"\x16\x01\x00\x01" + bytes(8)
+    assert server.process(mode6, ("127.0.0.1", 4000), NOW_NS) == b"\x16\x82" + bytes(10)
+    assert server.process(request(mode=4), ("127.0.0.1", 123), NOW_NS) is None
+    assert [s[0] for s in seen] == ["control", "peer"]
+    assert seen[1][2] == NOW_NS
+    assert (server.stats.control, server.stats.control_replied, server.stats.peer) == (1, 1, 1)
+    # Without a control handler mode 6 is silently counted.
+    plain = make_server()
+    assert plain.process(mode6, ("127.0.0.1", 4000), NOW_NS) is None
+    assert plain.stats.control == 1
+
+
+def test_snapshot_read_once_per_batch_and_template_cached():
+    calls = []
+    snaps = [SYNCED]
+
+    def get():
+        calls.append(1)
+        return snaps[0]
+
+    server = NtpServer(("127.0.0.1", 0), get, StepClock())
+    t1 = server._current_template()
+    assert server._current_template() is t1
+    snaps[0] = UNSYNCHRONIZED
+    assert server._current_template() is not t1
+    assert len(calls) == 3
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=160))
+def test_process_never_raises_never_amplifies(data):
+    server = make_server()
+    reply = server.process(data, ("192.0.2.1", 123), NOW_NS)
+    assert reply is None or len(reply) <= len(data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.integers(0, 255), st.binary(min_size=47, max_size=47), st.binary(max_size=64))
+def test_process_plausible_headers(first, rest, trailer):
+    server = make_server()
+    data = bytes([first]) + rest + trailer
+    reply = server.process(data, ("192.0.2.1", 123), NOW_NS)
+    assert reply is None or len(reply) <= len(data)
+    if reply is not None:
+        assert reply[0] & 7 == 4 and (reply[0] >> 3) & 7 == (first >> 3) & 7
+
+
+# -- loopback: a real socket and a real EventLoop ---------------------------------------------
+
+
+class Loopback:
+    def __init__(self, server, host="127.0.0.1"):
+        self.loop = EventLoop()
+        self.server = server
+        server.attach(self.loop)
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self.client = socket.socket(family, socket.SOCK_DGRAM)
+        self.client.settimeout(0)
+        self.addr = server.address
+
+    def exchange(self, data: bytes):
+        """Send ``data``, let the server run, return (reply or None, t_send_ns, t_recv_ns)."""
+        stats = self.server.stats
+        received, sent = stats.received, stats.sent
+        t1 = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        self.client.sendto(data, self.addr)
+        self.serve_until(lambda: stats.received > received)
+        reply = None
+        if stats.sent > sent:
+            # Loopback delivery is usually immediate, but a busy machine defers it to softirq.
+            ready, _, _ = select.select([self.client], [], [], 2.0)
+            reply = self.client.recv(4096) if ready else None
+        t4 = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        return reply, t1, t4
+
+    def serve_until(self, done, timeout_s=2.0):
+        deadline = self.loop.now_ns() + int(timeout_s * 1e9)
+        while not done() and self.loop.now_ns() < deadline:
+            self.loop.run_once(until_ns=deadline)
+        assert done(), "the server did not get the datagram in time"
+
+    def close(self):
+        self.client.close()
+        self.server.close()
+        self.loop.close()
+
+
+@pytest.fixture
+def synced_loopback():
+    lb = Loopback(NtpServer(("127.0.0.1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock())))
+    yield lb
+    lb.close()
+
+
+@pytest.fixture
+def unsynced_loopback():
+    lb = Loopback(
+        NtpServer(("127.0.0.1", 0), lambda: UNSYNCHRONIZED, FrozenDisciplineClock(SystemClock()))
+    )
+    yield lb
+    lb.close()
+
+
+def test_loopback_uses_kernel_timestamps(synced_loopback):
+    assert synced_loopback.server.timestamp_mode == "SO_TIMESTAMPING"
+    assert synced_loopback.addr[1] != 0
+
+
+@pytest.mark.parametrize("version", [1, 2, 3, 4])
+def test_loopback_reply_echoes_origin_and_version_and_brackets(synced_loopback, version):
+    xmt = 0x0123456789ABCDEF + version
+    reply, t1, t4 = synced_loopback.exchange(request(version=version, transmit=xmt))
+    assert reply is not None
+    r = NtpPacket.unpack(reply)
+    assert (r.version, r.mode, r.origin) == (version, 4, xmt)
+    assert (r.leap, r.stratum, r.refid, r.precision) == (0, 1, b"GPS\0", -22)
+    assert r.reference == ns_to_ntp64(SYNCED.reference_ns)
+    rx, tx = ntp64_to_ns(r.receive, t1), ntp64_to_ns(r.transmit, t1)
+    # Same clock on both ends: t1 <= rx <= tx <= t4 (1 ns slack for 64-bit rounding).
+    assert t1 - 1 <= rx <= tx + 1
+    assert tx <= t4 + 1
+    assert synced_loopback.server.stats.replied == 1
+
+
+def test_loopback_unsynchronised(unsynced_loopback):
+    reply, _, _ = unsynced_loopback.exchange(request())
+    r = NtpPacket.unpack(reply)
+    assert r.leap == 3 and r.stratum == 0 and r.refid == b"INIT" and r.reference == 0
+
+
+def test_loopback_garbage_and_mode7_get_no_reply(synced_loopback):
+    for junk in (b"", b"hello", bytes(47), b"\x17" + bytes(47), b"\x27\x00\x2a\x00" + bytes(4)):
+        reply, _, _ = synced_loopback.exchange(junk)
+        assert reply is None
+    s = synced_loopback.server.stats
+    assert s.received == 5 and s.replied == 0 and s.mode7 == 2
+    assert s.malformed + s.bad_version == 3 and s.dropped == 5
+    # Still serving afterwards.
+    reply, _, _ = synced_loopback.exchange(request())
+    assert reply is not None and len(reply) == 48
+
+
+def test_loopback_clock_fallback_without_kernel_stamps():
+    clock = StepClock()
+    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, clock, kernel_timestamps=False)
+    lb = Loopback(server)
+    try:
+        assert server.timestamp_mode == "clock"
+        reply, _, _ = lb.exchange(request())
+        r = NtpPacket.unpack(reply)
+        assert r.receive == ns_to_ntp64(NOW_NS + 1000)
+        assert r.transmit == ns_to_ntp64(NOW_NS + 2000)
+    finally:
+        lb.close()
+
+
+def test_loopback_ipv6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 in this Python")
+    server = NtpServer(("::1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()))
+    try:
+        lb = Loopback(server, host="::1")
+    except OSError as exc:
+        pytest.skip(f"no IPv6 loopback here: {exc}")
+    try:
+        reply, _, _ = lb.exchange(request(transmit=99))
+        assert NtpPacket.unpack(reply).origin == 99
+    finally:
+        lb.close()
+
+
+def test_loopback_bounded_random_flood_never_crashes_or_amplifies(synced_loopback):
+    rng = random.Random(20240601)
+    lb = synced_loopback
+    lb.client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    sent = []
+    for i in range(2000):
+        kind = rng.random()
+        if kind < 0.3:  # well-formed headers of every version and mode, some with trailers
+            version = rng.randint(1, 4) if kind < 0.2 else rng.randint(0, 7)
+            mode = 3 if kind < 0.2 else rng.randint(0, 7)
+            first = (rng.randint(0, 3) << 6) | (version << 3) | mode
+            data = bytes([first]) + rng.randbytes(39) + struct.pack("!Q", i)
+            data += rng.choice([b"", b"", bytes(4), bytes(20), bytes(24), rng.randbytes(28)])
+        elif kind < 0.5:
+            data = bytes([rng.randint(0, 255)]) + rng.randbytes(rng.randint(47, 120))
+        else:
+            data = rng.randbytes(rng.randint(0, 200))
+        sent.append(data)
+    deadline = time.monotonic() + 20
+    never_larger = True
+    replies = 0
+    # Send in bursts of 50, then let the server drain; each reply is matched to its request
+    # by origin (= the request's transmit field) to check it is no larger than the request.
+    by_xmt = {}
+    stats = lb.server.stats
+    for start in range(0, len(sent), 50):
+        burst = sent[start : start + 50]
+        for data in burst:
+            lb.client.sendto(data, lb.addr)
+            if len(data) >= 48:
+                by_xmt.setdefault(data[40:48], []).append(len(data))
+        expected = start + len(burst)
+        lb.serve_until(lambda n=expected: stats.received == n, timeout_s=10)
+        while replies < stats.sent and time.monotonic() < deadline:
+            ready, _, _ = select.select([lb.client], [], [], 1.0)
+            if not ready:
+                continue
+            reply = lb.client.recv(4096)
+            replies += 1
+            sizes = by_xmt.get(reply[24:32], [])
+            never_larger &= bool(sizes) and len(reply) <= max(sizes)
+    assert time.monotonic() < deadline
+    s = lb.server.stats
+    assert s.received == 2000
+    assert never_larger
+    assert replies == s.replied
+    assert s.replied + s.dropped + s.control + s.peer == s.received
+    assert s.replied > 200 and s.dropped > 1000
+    # The server still answers properly after the flood.
+    reply, _, _ = lb.exchange(request(transmit=1234))
+    assert NtpPacket.unpack(reply).origin == 1234
+
+
+# -- access checks and kiss-o'-death ----------------------------------------------------------
+
+
+def test_build_kod_reveals_no_time():
+    req = NtpPacket(version=3, poll=2, precision=-18, root_delay=7, root_dispersion=9,
+                    reference=11, transmit=0xABCDEF).pack()  # fmt: skip
+    r = NtpPacket.unpack(build_kod(req))
+    assert (r.leap, r.version, r.mode, r.stratum) == (3, 3, 4, 0)
+    assert r.refid == b"RATE" and r.poll == NTP_MINPOLL
+    assert (r.precision, r.root_delay, r.root_dispersion, r.reference) == (-18, 7, 9, 11)
+    assert r.origin == r.receive == r.transmit == 0xABCDEF
+    assert NtpPacket.unpack(build_kod(req, b"DENY")).refid == b"DENY"
+    with pytest.raises(PacketError):
+        build_kod(request(mode=4))
+    with pytest.raises(PacketError):
+        build_kod(b"\x23" * 20)
+
+
+def test_access_check_drop_and_kod():
+    verdicts = {"192.0.2.1": "drop", "192.0.2.2": "kod"}
+    seen = []
+
+    def access(addr, mode):
+        seen.append((addr[0], mode))
+        return verdicts.get(addr[0], "serve")
+
+    server = make_server(access=access, control_handler=lambda d, a: b"\x16\x81" + bytes(10))
+    assert server.process(request(), ("192.0.2.1", 123), NOW_NS) is None
+    assert server.process(b"\x16\x01" + bytes(10), ("192.0.2.1", 123), NOW_NS) is None
+    assert server.stats.restricted == 2 and server.stats.control == 0
+    kod = NtpPacket.unpack(server.process(request(transmit=5), ("192.0.2.2", 123), NOW_NS))
+    assert kod.refid == b"RATE" and kod.stratum == 0 and kod.transmit == 5
+    assert server.stats.kod_sent == 1
+    # A malformed request from a rate-limited host is still just malformed.
+    assert server.process(request(trailer=b"\0\0"), ("192.0.2.2", 123), NOW_NS) is None
+    assert server.stats.malformed == 1
+    served = NtpPacket.unpack(server.process(request(), ("192.0.2.3", 123), NOW_NS))
+    assert served.refid == b"GPS\0"
+    # Mode 7 is dropped before anyone is asked.
+    assert server.process(b"\x17" + bytes(47), ("192.0.2.3", 123), NOW_NS) is None
+    assert ("192.0.2.3", 7) not in seen
+
+
+def test_wildcard_bind_answers_from_the_address_asked():
+    # Linux routes all of 127/8 to loopback: ask 127.0.0.2 and the reply must come from it,
+    # or a client that checks the source address would drop it.
+    server = NtpServer(("0.0.0.0", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()))
+    lb = Loopback(server)
+    try:
+        port = server.address[1]
+        for dest in ("127.0.0.2", "127.0.0.1"):
+            lb.addr = (dest, port)
+            before = server.stats.received
+            lb.client.sendto(request(transmit=42), lb.addr)
+            lb.serve_until(lambda before=before: server.stats.received > before)
+            select.select([lb.client], [], [], 2.0)
+            reply, source = lb.client.recvfrom(4096)
+            assert source == (dest, port)
+            assert NtpPacket.unpack(reply).origin == 42
+    finally:
+        lb.close()
+
+
+def test_loopback_follows_new_snapshots_and_counts_truncation():
+    current = [UNSYNCHRONIZED]
+    server = NtpServer(("127.0.0.1", 0), lambda: current[0], FrozenDisciplineClock(SystemClock()))
+    lb = Loopback(server)
+    try:
+        reply, _, _ = lb.exchange(request())
+        assert NtpPacket.unpack(reply).leap == 3
+        current[0] = SYNCED  # the core publishes a new snapshot
+        reply, _, _ = lb.exchange(request())
+        r = NtpPacket.unpack(reply)
+        assert (r.leap, r.stratum, r.refid) == (0, 1, b"GPS\0")
+        reply, _, _ = lb.exchange(request() + bytes(4000))
+        assert reply is None and server.stats.malformed == 1
+        assert server.stats.received == 3 and server.stats.replied == 2
+    finally:
+        lb.close()
+
+
+def test_handle_readable_drains_a_bounded_batch():
+    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, StepClock(), max_batch=4)
+    server.open()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        for i in range(10):
+            client.sendto(request(transmit=i), server.address)
+        select.select([server], [], [], 2.0)
+        server.handle_readable()
+        assert 1 <= server.stats.received <= 4
+        deadline = time.monotonic() + 5
+        while server.stats.received < 10 and time.monotonic() < deadline:
+            select.select([server], [], [], 0.5)
+            before = server.stats.received
+            server.handle_readable()
+            assert server.stats.received - before <= 4
+        server.handle_readable()  # drained: returns at once
+        assert server.stats.received == 10 and server.stats.replied == 10
+        client.settimeout(1.0)
+        origins = sorted(NtpPacket.unpack(client.recv(100)).origin for _ in range(10))
+        assert origins == list(range(10))
+    finally:
+        client.close()
+        server.close()
+    server.close()  # closing twice is harmless
+    with pytest.raises(RuntimeError):
+        server.fileno()
