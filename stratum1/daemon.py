@@ -31,6 +31,8 @@ DEMO_LISTEN = "127.0.0.1:11123"
 #: Refclock associations poll this often (s) until their filter is full, then at 2**poll:
 #: a refclock source is usable within seconds of start, like a server with iburst.
 STARTUP_POLL_S = 2.0
+#: The LOCAL driver's type: only a fallback, as in ntpd.
+LOCAL_CLOCK_TYPE = 1
 STARTUP_POLLS = 8
 
 
@@ -297,7 +299,8 @@ class _RefclockSource:
             prefer=unit.prefer,
             noselect=unit.noselect,
             true=bool(getattr(config, "true", False)),
-            pps=bool(getattr(unit.driver_cls, "is_pps", False)),
+            pps=unit.driver_cls.is_pps,
+            local_clock=config.type == LOCAL_CLOCK_TYPE,
         )
         self._timer: Timer | None = None
         self._polls = 0

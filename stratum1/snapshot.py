@@ -27,6 +27,14 @@ class SystemSnapshot:
     reference_ns: int = 0  # Unix ns of the last clock update, 0 = never
     offset: float = 0.0  # s, last system offset (diagnostics only)
     jitter: float = 0.0  # s, system jitter (diagnostics only)
+    system_peer_id: int = 0  # association id of the system peer (mode-6 ``peer``), 0 = none
+
+    def root_dispersion_at(self, now_ns: int) -> float:
+        """Root dispersion grown at 15 PPM since the reference time (what a reply at
+        ``now_ns`` should carry, so clients see the error budget age while we coast)."""
+        if self.reference_ns == 0:
+            return self.root_dispersion
+        return self.root_dispersion + 15e-6 * max(0, now_ns - self.reference_ns) / 1e9
 
     @property
     def synchronized(self) -> bool:

@@ -78,6 +78,8 @@ class RefclockDriver:
     options: ClassVar[frozenset[str]] = frozenset()
     #: Valid ``mode`` values (inclusive); None when the driver takes no mode.
     mode_range: ClassVar[tuple[int, int] | None] = None
+    #: True for pulse-only sources (PPS): the system may make them the PPS peer (tally 'o').
+    is_pps: ClassVar[bool] = False
     #: Highest unit number accepted.
     max_unit: ClassVar[int] = 3
     #: Device path templates formatted with ``unit=``, e.g. "/dev/gps{unit}".

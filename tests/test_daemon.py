@@ -1,0 +1,114 @@
+"""Tests for stratum1/daemon.py: options, start-up, serving from a LOCAL source, reload."""
+
+import signal
+import threading
+import time
+
+import pytest
+
+from stratum1 import daemon as daemon_mod
+from stratum1.cli import build_parser
+from stratum1.clock import FrozenDisciplineClock, SystemClock
+from stratum1.daemon import Daemon, load_config, options_from_args, parse_listen
+from stratum1.query import query
+
+LOCAL_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+
+
+def test_parse_listen():
+    assert parse_listen("127.0.0.1:123") == ("127.0.0.1", 123)
+    assert parse_listen("[::1]:11123") == ("::1", 11123)
+    for bad in ("127.0.0.1", "host:port", "1.2.3.4:70000"):
+        with pytest.raises(ValueError):
+            parse_listen(bad)
+
+
+def test_demo_options_never_discipline_and_listen_on_loopback():
+    opts = options_from_args(build_parser().parse_args(["run", "--demo"]))
+    assert opts.no_discipline and opts.demo
+    assert opts.listen == [("127.0.0.1", 11123)]
+    config = load_config(opts)
+    assert [r.driver for r in config.refclocks] == ["sim"]
+
+
+def test_command_line_overrides_config_files(tmp_path):
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(LOCAL_CONF + "driftfile /var/lib/x/drift\n")
+    args = build_parser().parse_args(["run", "-c", str(conf), "-f", str(tmp_path / "drift")])
+    config = load_config(options_from_args(args))
+    assert config.driftfile == str(tmp_path / "drift")
+
+
+def _start(tmp_path, monkeypatch, text=LOCAL_CONF):
+    monkeypatch.setattr(daemon_mod, "STARTUP_POLL_S", 0.05)
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(text)
+    args = build_parser().parse_args(
+        ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0"]
+    )
+    opts = options_from_args(args)
+    d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
+    d.start()
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    return d, thread, conf
+
+
+def _stop(d, thread):
+    d.stop()
+    thread.join(5)
+    d.close()
+    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, signal.SIG_DFL)
+    signal.set_wakeup_fd(-1)
+
+
+def _wait_synchronised(address, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        r = query(address[0], address[1], timeout=0.5)
+        if r.leap != 3:
+            return r
+        time.sleep(0.05)
+    raise AssertionError("daemon never synchronised")
+
+
+def test_serves_local_clock_at_fudged_stratum_plus_one(tmp_path, monkeypatch):
+    d, thread, _ = _start(tmp_path, monkeypatch)
+    try:
+        address = d.servers[0].address
+        r = _wait_synchronised(address)
+        assert r.stratum == 11
+        assert r.refid == "LOCL"
+        assert abs(r.offset) < 0.001
+    finally:
+        _stop(d, thread)
+
+
+def test_reload_with_errors_keeps_running_config(tmp_path, monkeypatch, caplog):
+    d, thread, conf = _start(tmp_path, monkeypatch)
+    try:
+        _wait_synchronised(d.servers[0].address)
+        before = d.config
+        conf.write_text(LOCAL_CONF + "bogusdirective 1\nfudge 127.127.1.0 time9 3\n")
+        d.reload()
+        assert d.config is before
+        assert "keeping the running configuration" in caplog.text
+        assert query(*d.servers[0].address[:2], timeout=1.0).stratum == 11
+        conf.write_text("server 127.127.1.0\nfudge 127.127.1.0 stratum 7\n")
+        d.reload()
+        assert d.config is not before
+        assert d.config.refclocks[0].stratum == 7
+    finally:
+        _stop(d, thread)
+
+
+def test_refuses_to_start_on_config_errors(tmp_path, capsys):
+    from stratum1.cli import main
+
+    conf = tmp_path / "ntp.conf"
+    conf.write_text("server 127.127.1.0\nfudge 127.127.1.0 stratum 99\nfrobnicate\n")
+    assert main(["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0"]) == 1
+    err = capsys.readouterr().err
+    assert f"{conf}:2" in err and f"{conf}:3" in err
+    assert "not starting" in err
