@@ -1,0 +1,263 @@
+"""The system clock through ctypes: clock_gettime to read, adjtimex to step, slew and tune.
+
+Python has no adjtimex, so ``struct timex`` is declared here (208 bytes on 64-bit Linux). The
+Discipline's model of the clock matches what this class does: ``step`` is ADJ_SETOFFSET,
+``slew`` is ADJ_OFFSET_SINGLESHOT (the kernel amortises it at 500 µs/s), ``set_frequency``
+is ADJ_FREQUENCY with the kernel PLL off. The kernel PLL and kernel PPS discipline
+(``enable kernel``, the PPS driver's ``flag3``) and leap arming are separate calls. With
+``adjust=False`` (the default, and ``--no-discipline``) nothing but reads ever reaches the kernel.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import errno
+import os
+import time
+from dataclasses import dataclass
+
+from .ntptime import NS_PER_S
+from .sample import LEAP_DELETE, LEAP_INSERT, LEAP_NONE
+
+# modes
+ADJ_OFFSET = 0x0001
+ADJ_FREQUENCY = 0x0002
+ADJ_MAXERROR = 0x0004
+ADJ_ESTERROR = 0x0008
+ADJ_STATUS = 0x0010
+ADJ_TIMECONST = 0x0020
+ADJ_TAI = 0x0080
+ADJ_SETOFFSET = 0x0100
+ADJ_MICRO = 0x1000
+ADJ_NANO = 0x2000
+ADJ_TICK = 0x4000
+ADJ_OFFSET_SINGLESHOT = 0x8001
+ADJ_OFFSET_SS_READ = 0xA001
+# status bits
+STA_PLL = 0x0001
+STA_PPSFREQ = 0x0002
+STA_PPSTIME = 0x0004
+STA_FLL = 0x0008
+STA_INS = 0x0010
+STA_DEL = 0x0020
+STA_UNSYNC = 0x0040
+STA_FREQHOLD = 0x0080
+STA_PPSSIGNAL = 0x0100
+STA_PPSJITTER = 0x0200
+STA_PPSWANDER = 0x0400
+STA_PPSERROR = 0x0800
+STA_CLOCKERR = 0x1000
+STA_NANO = 0x2000
+STA_MODE = 0x4000
+STA_CLK = 0x8000
+# return values (clock state)
+TIME_OK, TIME_INS, TIME_DEL, TIME_OOP, TIME_WAIT, TIME_ERROR = range(6)
+STATE_NAMES = {0: "OK", 1: "INS", 2: "DEL", 3: "OOP", 4: "WAIT", 5: "ERROR"}
+
+#: The kernel's frequency word is PPM scaled by 2^16.
+FREQ_SCALE = 65536.0
+MAX_FREQ_PPM = 500.0
+
+
+class Timeval(ctypes.Structure):
+    _fields_ = [("tv_sec", ctypes.c_long), ("tv_usec", ctypes.c_long)]
+
+
+class Timex(ctypes.Structure):
+    """``struct timex`` from <sys/timex.h> (natural alignment gives the kernel's layout)."""
+
+    _fields_ = [
+        ("modes", ctypes.c_uint),
+        ("offset", ctypes.c_long),
+        ("freq", ctypes.c_long),
+        ("maxerror", ctypes.c_long),
+        ("esterror", ctypes.c_long),
+        ("status", ctypes.c_int),
+        ("constant", ctypes.c_long),
+        ("precision", ctypes.c_long),
+        ("tolerance", ctypes.c_long),
+        ("time", Timeval),  # tv_usec holds ns when STA_NANO / ADJ_NANO
+        ("tick", ctypes.c_long),
+        ("ppsfreq", ctypes.c_long),
+        ("jitter", ctypes.c_long),
+        ("shift", ctypes.c_int),
+        ("stabil", ctypes.c_long),
+        ("jitcnt", ctypes.c_long),
+        ("calcnt", ctypes.c_long),
+        ("errcnt", ctypes.c_long),
+        ("stbcnt", ctypes.c_long),
+        ("tai", ctypes.c_int),
+        ("_reserved", ctypes.c_int * 11),
+    ]
+
+
+@dataclass(frozen=True, slots=True)
+class KernelTime:
+    """A read of the kernel's time state (``ntptime``'s view)."""
+
+    state: int  # TIME_* return value
+    status: int  # STA_* bits
+    offset_ns: int  # kernel PLL offset remaining
+    frequency_ppm: float
+    maxerror_us: int
+    esterror_us: int
+    constant: int
+    precision_ns: int
+    tick_us: int
+    tai: int
+    pps_frequency_ppm: float
+    pps_jitter_ns: int
+
+    @property
+    def nano(self) -> bool:
+        return bool(self.status & STA_NANO)
+
+
+def _load_adjtimex():
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    fn = libc.adjtimex
+    fn.argtypes = [ctypes.POINTER(Timex)]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+class KernelClock:
+    """CLOCK_REALTIME of this machine, adjusted through adjtimex when ``adjust`` is True."""
+
+    slew_rate = 500e-6  # s/s, the kernel's singleshot slew
+    max_freq_ppm = MAX_FREQ_PPM
+
+    def __init__(self, *, adjust: bool = False, adjtimex=None) -> None:
+        self._adjust = adjust
+        self._fn = adjtimex if adjtimex is not None else _load_adjtimex()
+
+    # --- Clock interface --------------------------------------------------------------------
+
+    @property
+    def can_adjust(self) -> bool:
+        return self._adjust
+
+    def now_ns(self) -> int:
+        return time.clock_gettime_ns(time.CLOCK_REALTIME)
+
+    def monotonic_ns(self) -> int:
+        return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+
+    def step(self, offset_ns: int) -> None:
+        """Jump by ``offset_ns`` atomically (ADJ_SETOFFSET: no read-modify-write race)."""
+        tx = Timex()
+        tx.modes = ADJ_SETOFFSET | ADJ_NANO
+        sec, nsec = divmod(int(offset_ns), NS_PER_S)  # the kernel wants 0 <= nsec < 1e9
+        tx.time.tv_sec = sec
+        tx.time.tv_usec = nsec
+        self._call(tx)
+
+    def slew(self, offset: float) -> None:
+        """Amortise ``offset`` s at 500 µs/s, replacing any slew in progress (adjtime)."""
+        tx = Timex()
+        tx.modes = ADJ_OFFSET_SINGLESHOT
+        tx.offset = round(offset * 1e6)  # singleshot offsets are always microseconds
+        self._call(tx)
+
+    def set_frequency(self, ppm: float) -> None:
+        """Set the frequency correction with the kernel PLL/FLL off (the daemon's loop rules)."""
+        ppm = max(-MAX_FREQ_PPM, min(MAX_FREQ_PPM, ppm))
+        status = self.read().status
+        tx = Timex()
+        tx.modes = ADJ_FREQUENCY | ADJ_STATUS
+        tx.freq = round(ppm * FREQ_SCALE)
+        tx.status = status & ~(STA_PLL | STA_FLL | STA_PPSFREQ | STA_PPSTIME)
+        self._call(tx)
+
+    def frequency(self) -> float:
+        return self.read().frequency_ppm
+
+    # --- kernel discipline extras -------------------------------------------------------------
+
+    def read(self) -> KernelTime:
+        """Read the kernel's state: adjtimex with modes = 0 changes nothing."""
+        tx = Timex()
+        tx.modes = 0
+        state = self._raw(tx)
+        return _state(state, tx)
+
+    def set_leap(self, leap: int) -> None:
+        """Arm STA_INS / STA_DEL for the coming midnight, or clear both."""
+        bits = {LEAP_NONE: 0, LEAP_INSERT: STA_INS, LEAP_DELETE: STA_DEL}.get(leap)
+        if bits is None:
+            raise ValueError(f"bad leap value {leap}")
+        status = self.read().status
+        if status & (STA_INS | STA_DEL) == bits:
+            return
+        tx = Timex()
+        tx.modes = ADJ_STATUS
+        tx.status = (status & ~(STA_INS | STA_DEL)) | bits
+        self._call(tx)
+
+    def set_sync(self, synchronized: bool, maxerror: float, esterror: float) -> None:
+        """Tell the kernel (and so the RTC sync and other programs) how good the time is."""
+        status = self.read().status
+        tx = Timex()
+        tx.modes = ADJ_STATUS | ADJ_MAXERROR | ADJ_ESTERROR
+        tx.status = status & ~STA_UNSYNC if synchronized else status | STA_UNSYNC
+        tx.maxerror = min(16_000_000, max(0, round(maxerror * 1e6)))
+        tx.esterror = min(16_000_000, max(0, round(esterror * 1e6)))
+        self._call(tx)
+
+    def set_tai(self, tai_offset: int) -> None:
+        tx = Timex()
+        tx.modes = ADJ_TAI
+        tx.constant = int(tai_offset)
+        self._call(tx)
+
+    def kernel_pll_update(self, offset: float, time_constant: int) -> None:
+        """``enable kernel``: hand the offset to the kernel PLL (ns resolution) instead."""
+        status = self.read().status
+        tx = Timex()
+        tx.modes = ADJ_OFFSET | ADJ_STATUS | ADJ_TIMECONST | ADJ_NANO
+        tx.offset = max(-500_000_000, min(500_000_000, round(offset * NS_PER_S)))
+        tx.status = (status | STA_PLL | STA_NANO) & ~STA_UNSYNC
+        tx.constant = max(0, min(10, time_constant))
+        self._call(tx)
+
+    def set_kernel_pps(self, enabled: bool) -> None:
+        """Kernel PPS discipline (PPS driver ``flag3``; the PPS device must be bound first)."""
+        status = self.read().status
+        pps = STA_PPSTIME | STA_PPSFREQ
+        tx = Timex()
+        tx.modes = ADJ_STATUS
+        tx.status = (status | pps | STA_PLL) if enabled else (status & ~pps)
+        self._call(tx)
+
+    # --- plumbing -----------------------------------------------------------------------------
+
+    def _call(self, tx: Timex) -> int:
+        if not self._adjust:
+            raise PermissionError("this clock is read-only (--no-discipline or not enabled)")
+        return self._raw(tx)
+
+    def _raw(self, tx: Timex) -> int:
+        rc = self._fn(ctypes.byref(tx))
+        if rc < 0:
+            err = ctypes.get_errno() or errno.EINVAL
+            raise OSError(err, f"adjtimex(modes={tx.modes:#x}): {os.strerror(err)}")
+        return rc
+
+
+def _state(rc: int, tx: Timex) -> KernelTime:
+    nano = bool(tx.status & STA_NANO)
+    return KernelTime(
+        state=rc,
+        status=tx.status,
+        offset_ns=tx.offset if nano else tx.offset * 1000,
+        frequency_ppm=tx.freq / FREQ_SCALE,
+        maxerror_us=tx.maxerror,
+        esterror_us=tx.esterror,
+        constant=tx.constant,
+        precision_ns=tx.precision if nano else tx.precision * 1000,
+        tick_us=tx.tick,
+        tai=tx.tai,
+        pps_frequency_ppm=tx.ppsfreq / FREQ_SCALE,
+        pps_jitter_ns=tx.jitter if nano else tx.jitter * 1000,
+    )

@@ -1,0 +1,100 @@
+"""Tests for stratum1/sysclock.py: struct timex layout, reads only, writes through a fake."""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+import pytest
+
+from stratum1.sample import LEAP_INSERT, LEAP_NONE
+from stratum1.sysclock import (
+    ADJ_FREQUENCY,
+    ADJ_NANO,
+    ADJ_OFFSET_SINGLESHOT,
+    ADJ_SETOFFSET,
+    ADJ_STATUS,
+    STA_INS,
+    STA_PLL,
+    STA_UNSYNC,
+    KernelClock,
+    Timex,
+)
+
+
+class FakeKernel:
+    """Stands in for libc adjtimex: records each call's struct, keeps a status word."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, int]] = []
+        self.status = STA_UNSYNC | STA_PLL
+        self.freq = 0
+
+    def __call__(self, ptr) -> int:
+        tx = ptr._obj
+        self.calls.append({name: getattr(tx, name) for name in ("modes", "offset", "freq",
+                                                                 "status", "constant")}
+                          | {"sec": tx.time.tv_sec, "nsec": tx.time.tv_usec})
+        if tx.modes & ADJ_STATUS:
+            self.status = tx.status
+        if tx.modes & ADJ_FREQUENCY and tx.modes != ADJ_OFFSET_SINGLESHOT:
+            self.freq = tx.freq
+        tx.status = self.status
+        tx.freq = self.freq
+        return 0
+
+
+@pytest.mark.skipif(sys.maxsize < 2**32 or not sys.platform.startswith("linux"),
+                    reason="struct timex is 208 bytes on 64-bit Linux")
+def test_struct_size_matches_the_kernel() -> None:
+    assert ctypes.sizeof(Timex) == 208
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="adjtimex is Linux's")
+def test_real_read_with_modes_zero() -> None:
+    k = KernelClock()  # adjust=False: only reads can reach the kernel
+    state = k.read()
+    assert 0 <= state.state <= 5
+    assert -600.0 < state.frequency_ppm < 600.0
+    assert state.tick_us > 0  # sane layout: tick is ~10000 µs at USER_HZ 100
+    assert 9000 <= state.tick_us <= 11000
+
+
+def test_read_only_clock_refuses_every_write() -> None:
+    fake = FakeKernel()
+    k = KernelClock(adjtimex=fake)
+    assert not k.can_adjust
+    for call in (lambda: k.step(1), lambda: k.slew(0.001), lambda: k.set_frequency(1.0),
+                 lambda: k.set_leap(LEAP_INSERT)):
+        with pytest.raises(PermissionError):
+            call()
+    assert all(c["modes"] == 0 for c in fake.calls)
+
+
+def test_writes_are_packed_as_the_kernel_expects() -> None:
+    fake = FakeKernel()
+    k = KernelClock(adjust=True, adjtimex=fake)
+    k.step(-1_500_000_000)
+    assert fake.calls[-1]["modes"] == ADJ_SETOFFSET | ADJ_NANO
+    assert (fake.calls[-1]["sec"], fake.calls[-1]["nsec"]) == (-2, 500_000_000)
+    k.slew(-0.000250)
+    assert fake.calls[-1]["modes"] == ADJ_OFFSET_SINGLESHOT
+    assert fake.calls[-1]["offset"] == -250
+    k.set_frequency(-12.5)
+    assert fake.calls[-1]["freq"] == -12.5 * 65536
+    assert fake.calls[-1]["status"] & STA_PLL == 0  # our loop, not the kernel PLL
+    assert k.frequency() == -12.5
+    k.set_frequency(900.0)
+    assert k.frequency() == 500.0
+    k.set_leap(LEAP_INSERT)
+    assert fake.status & STA_INS
+    k.set_leap(LEAP_NONE)
+    assert not fake.status & STA_INS
+    k.set_sync(True, 0.001, 0.0001)
+    assert not fake.status & STA_UNSYNC
+
+
+def test_errors_are_oserrors() -> None:
+    k = KernelClock(adjust=True, adjtimex=lambda ptr: -1)
+    with pytest.raises(OSError):
+        k.slew(0.001)
