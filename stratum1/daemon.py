@@ -13,7 +13,7 @@ import os
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .clock import Clock, FrozenDisciplineClock, SystemClock
@@ -155,36 +155,84 @@ class Daemon:
         self.servers: list[Any] = []
         self.sources: list[_RefclockSource] = []
         self.system: Any = None
+        self.discipline: Any = None
+        self.drift: Any = None
+        self.leap: Any = None
+        self.leap_indicator = 0
         self.exit_code = 0
+        self._peer_name: str | None = None
+        self._tick: Timer | None = None
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
         self._build_system()
         self._open_servers()
         self._start_sources(self.config)
+        self._tick = self.loop.call_every(1.0, self.housekeeping)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
 
     def _build_system(self) -> None:
         from .discipline import Discipline
+        from .driftfile import DriftFile
+        from .leap import LeapScheduler
         from .system import SystemProcess, measure_precision
 
         tinker = getattr(self.config, "tinker", None)
-        step = getattr(tinker, "step", None) or 0.128
+        step = getattr(tinker, "step", None)
+        if step is None:
+            step = 0.128
         if self.opts.slew_only:
             step = 600.0
-        discipline = Discipline(
+        initial_ppm = None
+        if self.config.driftfile:
+            self.drift = DriftFile(self.config.driftfile)
+            initial_ppm = self.drift.load()
+            if initial_ppm is not None:
+                log.info("frequency %.3f PPM from %s", initial_ppm, self.config.driftfile)
+        extra = {}
+        for name in ("stepout", "panic"):
+            value = getattr(tinker, name, None)
+            if value is not None:
+                extra[name] = value
+        self.discipline = Discipline(
             self.clock,
             step_threshold=step,
             allow_first_big_step=self.opts.allow_big_step,
+            initial_frequency_ppm=initial_ppm,
+            **extra,
         )
         self.system = SystemProcess(
             tos=getattr(self.config, "tos", None),
             precision=measure_precision(self.clock.now_ns),
-            discipline=discipline,
+            discipline=self.discipline,
         )
-        self.snapshot = self.system.snapshot
+        self.leap = LeapScheduler(kernel=self._kernel_leap())
+        self._load_leapfile(self.config.leapfile)
+        self._publish()
+
+    def _kernel_leap(self) -> bool:
+        """The kernel inserts the leap second when we discipline through it."""
+        return bool(self.clock.can_adjust and hasattr(self.clock, "set_leap"))
+
+    def _load_leapfile(self, path: str | None) -> None:
+        from .leapfile import LeapFileError, load_leapfile
+
+        if not path:
+            self.leap.set_table(None)
+            return
+        try:
+            table = load_leapfile(path)
+        except (OSError, LeapFileError) as exc:
+            # Keep the table we had: a broken update of the file must not forget a known leap.
+            log.error("leap file %s not loaded: %s", path, exc)
+            return
+        self.leap.set_table(table)
+        message = table.expiry_message(self.clock.now_ns())
+        if message is not None:
+            level = logging.ERROR if message[0] == "error" else logging.WARNING
+            log.log(level, "%s: %s", path, message[1])
 
     def _listen_addresses(self) -> list[tuple[str, int]]:
         if self.opts.listen:
@@ -204,7 +252,7 @@ class Daemon:
                 address,
                 self.get_snapshot,
                 self.clock,
-                kernel_timestamps=isinstance(_innermost(self.clock), SystemClock),
+                kernel_timestamps=_is_system_clock(self.clock),
             )
             try:
                 server.attach(self.loop)
@@ -231,8 +279,67 @@ class Daemon:
 
     def source_polled(self) -> None:
         """A source has new data: run selection and the discipline, publish the snapshot."""
+        self.system.update(self.clock.now_ns())
+        self._after_update()
+
+    def housekeeping(self) -> None:
+        """Once a second: selection (so fallbacks and orphan mode can take over), leap
+        seconds, the drift file, and the exits that -q and the panic threshold ask for."""
         now = self.clock.now_ns()
-        self.snapshot = self.system.update(now)
+        self.system.update(now)
+        self._leap_tick(now)
+        if self.drift is not None and self.clock.can_adjust:
+            self.drift.maybe_write(
+                self.discipline.frequency_ppm(), now, sigma_ppm=self.discipline.frequency_sigma_ppm
+            )
+        self._after_update()
+
+    def _after_update(self) -> None:
+        system = self.system
+        if system.panic and not self.opts.allow_big_step:
+            log.error(
+                "time offset exceeds the panic threshold: set the clock by hand or start with -g;"
+                " exiting"
+            )
+            self.exit_code = 1
+            self.loop.stop()
+        if self.opts.once and self.discipline.clock_set:
+            log.info("clock set (-q): exiting")
+            self.loop.stop()
+        peer = system.system_peer
+        name = peer.name if peer is not None else None
+        if name != self._peer_name:
+            if name is None:
+                log.warning("no source selected: serving as unsynchronised")
+            else:
+                log.info("synchronised to %s, stratum %d", name, system.snapshot.stratum)
+            self._peer_name = name
+        if system.last_action == "step":
+            log.warning("clock stepped")
+        self._publish()
+
+    def _leap_tick(self, now: int) -> None:
+        system = self.system
+        if system.snapshot.synchronized:
+            self.leap.vote([system.leap_vote], now)
+        decision = self.leap.update(now)
+        if self.leap.kernel:
+            self.clock.set_leap(decision.kernel)  # type: ignore[attr-defined]
+        if decision.hold_step_ns and self.clock.can_adjust:
+            log.warning("leap second: stepping the clock by %+d s", decision.hold_step_ns // 10**9)
+            self.clock.step(decision.hold_step_ns)
+            self.discipline.notify_leap(decision.hold_step_ns)
+        if decision.indicator != self.leap_indicator:
+            if decision.indicator:
+                log.warning("leap second %s announced (%s)",
+                            "insertion" if decision.indicator == 1 else "deletion", decision.source)
+            self.leap_indicator = decision.indicator
+
+    def _publish(self) -> None:
+        snapshot = self.system.snapshot
+        if snapshot.synchronized and snapshot.leap != self.leap_indicator:
+            snapshot = replace(snapshot, leap=self.leap_indicator)
+        self.snapshot = snapshot
 
     # -- control ------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -256,6 +363,7 @@ class Daemon:
                 self.system.remove(source.association.assoc_id)
             self.sources = []
             self._start_sources(new)
+        self._load_leapfile(new.leapfile)
         self.config = new
         log.info("configuration reloaded")
 
@@ -268,6 +376,8 @@ class Daemon:
         return self.exit_code
 
     def close(self) -> None:
+        if self._tick is not None:
+            self._tick.cancel()
         for source in self.sources:
             source.stop()
         for server in self.servers:
@@ -333,9 +443,29 @@ class _RefclockSource:
         self.unit.stop()
 
 
-def _innermost(clock: Clock) -> Clock:
+def _is_system_clock(clock: Clock) -> bool:
+    """Kernel receive stamps are CLOCK_REALTIME: usable only when we serve the system clock."""
+    from .sysclock import KernelClock
+
     inner = getattr(clock, "_inner", None)
-    return clock if inner is None else _innermost(inner)
+    if inner is not None:
+        return _is_system_clock(inner)
+    return isinstance(clock, (SystemClock, KernelClock))
+
+
+CAP_SYS_TIME = 25
+
+
+def has_cap_sys_time() -> bool:
+    """Whether this process may set the clock (CAP_SYS_TIME in its effective set)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("CapEff:"):
+                    return bool(int(line.split()[1], 16) >> CAP_SYS_TIME & 1)
+    except OSError:
+        pass
+    return os.geteuid() == 0
 
 
 def setup_logging(opts: RunOptions) -> None:
@@ -352,15 +482,19 @@ def setup_logging(opts: RunOptions) -> None:
 
 
 def make_clock(opts: RunOptions) -> Clock:
-    """The system clock, adjustable only when allowed; --no-discipline never adjusts."""
+    """The system clock, adjusted through adjtimex; --no-discipline never adjusts it."""
     if opts.no_discipline:
         return FrozenDisciplineClock(SystemClock())
-    try:
-        from .sysclock import AdjustableSystemClock
-    except ImportError:  # pragma: no cover - until the adjtimex clock lands
-        log.warning("clock discipline not available: serving without adjusting the clock")
+    from .sysclock import KernelClock
+
+    if not has_cap_sys_time():
+        log.error(
+            "no permission to adjust the clock (CAP_SYS_TIME): serving without disciplining it;"
+            " run as root, grant the capability (see the systemd unit), or use --no-discipline"
+        )
         return FrozenDisciplineClock(SystemClock())
-    return AdjustableSystemClock()
+
+    return KernelClock(adjust=True)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

@@ -112,3 +112,56 @@ def test_refuses_to_start_on_config_errors(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"{conf}:2" in err and f"{conf}:3" in err
     assert "not starting" in err
+
+
+def _ntp_seconds(unix_s: int) -> int:
+    return unix_s + 2_208_988_800
+
+
+def test_leapfile_announces_a_coming_leap_in_served_packets(tmp_path, monkeypatch):
+    from stratum1.leapfile import format_leapfile
+
+    now = int(time.time())
+    # A leap at the next midnight UTC, 37 -> 38 s: within the 28-day warning window.
+    leap_at = (now // 86400 + 1) * 86400
+    text = format_leapfile(
+        [(_ntp_seconds(0), 37), (_ntp_seconds(leap_at), 38)],
+        updated=_ntp_seconds(now - 86400),
+        expires=_ntp_seconds(now + 200 * 86400),
+    )
+    (tmp_path / "leap-seconds.list").write_text(text)
+    conf = LOCAL_CONF + f"leapfile {tmp_path / 'leap-seconds.list'}\n"
+    d, thread, _ = _start(tmp_path, monkeypatch, conf)
+    try:
+        deadline = time.monotonic() + 10
+        r = None
+        while time.monotonic() < deadline:
+            r = query(*d.servers[0].address[:2], timeout=0.5)
+            if r.leap == 1:
+                break
+            time.sleep(0.1)
+        assert r is not None and r.leap == 1 and r.stratum == 11
+    finally:
+        _stop(d, thread)
+
+
+def test_drift_file_sets_the_initial_frequency(tmp_path, monkeypatch):
+    drift = tmp_path / "drift"
+    drift.write_text("12.345\n")
+    d, thread, _ = _start(tmp_path, monkeypatch, LOCAL_CONF + f"driftfile {drift}\n")
+    try:
+        assert d.discipline.frequency_ppm() == pytest.approx(12.345)
+        assert drift.read_text() == "12.345\n"  # --no-discipline never rewrites it
+    finally:
+        _stop(d, thread)
+
+
+def test_corrupt_drift_file_is_ignored_and_kept(tmp_path, monkeypatch, caplog):
+    drift = tmp_path / "drift"
+    drift.write_text("not a number\n")
+    d, thread, _ = _start(tmp_path, monkeypatch, LOCAL_CONF + f"driftfile {drift}\n")
+    try:
+        assert d.discipline.frequency_ppm() == 0.0
+        assert drift.read_text() == "not a number\n"
+    finally:
+        _stop(d, thread)
