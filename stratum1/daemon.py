@@ -162,6 +162,8 @@ class Daemon:
         self.exit_code = 0
         self._peer_name: str | None = None
         self._tick: Timer | None = None
+        self._assoc_ids = 0
+        self.hotplug: Any = None
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
@@ -264,11 +266,31 @@ class Daemon:
             self.servers.append(server)
 
     def _start_sources(self, config: Any) -> None:
+        from .refclock.hotplug import HotplugWatcher
+
+        # One udev watcher reopens any unit whose device comes back (USB GPS replugged).
+        self.hotplug = HotplugWatcher(self.loop)
         for refclock in config.refclocks:
-            source = _RefclockSource(self, refclock, assoc_id=len(self.sources) + 1)
+            source = _RefclockSource(self, refclock, assoc_id=self._next_assoc_id())
             self.sources.append(source)
             self.system.add(source.association)
+            self.hotplug.watch(source.unit)
             source.start()
+        if self.sources:
+            self.hotplug.start()
+
+    def _next_assoc_id(self) -> int:
+        self._assoc_ids += 1
+        return self._assoc_ids
+
+    def _stop_sources(self) -> None:
+        if self.hotplug is not None:
+            self.hotplug.stop()
+            self.hotplug = None
+        for source in self.sources:
+            source.stop()
+            self.system.remove(source.association.assoc_id)
+        self.sources = []
 
     def get_snapshot(self) -> SystemSnapshot:
         return self.snapshot
@@ -358,10 +380,7 @@ class Daemon:
             log.error("reload failed (%s): keeping the running configuration", exc)
             return
         if new.refclocks != self.config.refclocks:
-            for source in self.sources:
-                source.stop()
-                self.system.remove(source.association.assoc_id)
-            self.sources = []
+            self._stop_sources()
             self._start_sources(new)
         self._load_leapfile(new.leapfile)
         self.config = new
@@ -378,8 +397,7 @@ class Daemon:
     def close(self) -> None:
         if self._tick is not None:
             self._tick.cancel()
-        for source in self.sources:
-            source.stop()
+        self._stop_sources()
         for server in self.servers:
             server.close()
         self.loop.close()
