@@ -33,6 +33,8 @@ DEMO_LISTEN = "127.0.0.1:11123"
 STARTUP_POLL_S = 2.0
 #: The LOCAL driver's type: only a fallback, as in ntpd.
 LOCAL_CLOCK_TYPE = 1
+#: ntpd's default interface rescan interval (-U), seconds.
+DEFAULT_RESCAN_S = 300
 STARTUP_POLLS = 8
 
 
@@ -54,6 +56,7 @@ class RunOptions:
     ipv6_only: bool = False
     debug: int = 0
     demo: bool = False
+    update_interval: int | None = None  # -U: interface rescan, s (0: never)
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -89,6 +92,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         ipv6_only=args.ipv6_only,
         debug=args.debug,
         demo=args.demo,
+        update_interval=args.update_interval,
     )
     opts.listen = [parse_listen(s) for s in args.listen]
     for name in ("driftfile", "statsdir", "keys", "logfile", "pidfile"):
@@ -152,7 +156,7 @@ class Daemon:
         self.clock = clock
         self.loop = EventLoop(monotonic_ns=clock.monotonic_ns)
         self.snapshot: SystemSnapshot = UNSYNCHRONIZED
-        self.servers: list[Any] = []
+        self._bound: dict[tuple[str, int], tuple[Any, bool]] = {}
         self.sources: list[_RefclockSource] = []
         self.system: Any = None
         self.discipline: Any = None
@@ -163,6 +167,7 @@ class Daemon:
         self._peer_name: str | None = None
         self._tick: Timer | None = None
         self._assoc_ids = 0
+        self._rescan: Timer | None = None
         self.hotplug: Any = None
 
     # -- construction -------------------------------------------------------------------------
@@ -171,6 +176,11 @@ class Daemon:
         self._open_servers()
         self._start_sources(self.config)
         self._tick = self.loop.call_every(1.0, self.housekeeping)
+        rescan = self.opts.update_interval
+        if rescan is None:
+            rescan = DEFAULT_RESCAN_S
+        if rescan > 0 and not self.opts.listen:
+            self._rescan = self.loop.call_every(float(rescan), self._open_servers)
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
@@ -236,34 +246,56 @@ class Daemon:
             level = logging.ERROR if message[0] == "error" else logging.WARNING
             log.log(level, "%s: %s", path, message[1])
 
-    def _listen_addresses(self) -> list[tuple[str, int]]:
+    def _bindings(self) -> list[tuple[tuple[str, int], bool]]:
+        """((address, port), drop) for every socket to serve on: --listen, else the
+        ``interface`` rules over this host's addresses on port 123."""
+        from .interfaces import local_addresses, plan_bindings
+
         if self.opts.listen:
-            return list(self.opts.listen)
-        addresses = []
-        if not self.opts.ipv6_only:
-            addresses.append(("0.0.0.0", 123))
-        if not self.opts.ipv4_only:
-            addresses.append(("::", 123))
-        return addresses
+            return [(address, False) for address in self.opts.listen]
+        plan = plan_bindings(
+            self.config.interfaces,
+            local_addresses(),
+            ipv4=not self.opts.ipv6_only,
+            ipv6=not self.opts.ipv4_only,
+        )
+        return [((b.address, 123), b.drop) for b in plan]
 
     def _open_servers(self) -> None:
+        """Open a server socket for every binding not open yet; close those no longer wanted
+        (addresses that went away, rules that changed). Run at start, on reload and every
+        ``-U`` seconds, so addresses that come and go (DHCP, hotplug) are followed."""
         from .server import NtpServer
 
-        for address in self._listen_addresses():
+        wanted = dict(self._bindings())
+        for address, (server, drop) in list(self._bound.items()):
+            if wanted.get(address) != drop:
+                log.info("no longer serving on %s", address[0])
+                server.close()
+                del self._bound[address]
+        for address, drop in wanted.items():
+            if address in self._bound:
+                continue
             server = NtpServer(
                 address,
                 self.get_snapshot,
                 self.clock,
                 kernel_timestamps=_is_system_clock(self.clock),
+                **({"access": _drop_all} if drop else {}),
             )
             try:
                 server.attach(self.loop)
             except OSError as exc:
-                if address[0] == "::" and not self.opts.listen:
-                    log.warning("IPv6 not available (%s); serving IPv4 only", exc.strerror)
-                    continue
-                raise
-            self.servers.append(server)
+                if self.opts.listen or address[0] in ("0.0.0.0", "::") and not self._bound:
+                    raise
+                log.warning("not serving on %s (%s)", address[0], exc.strerror)
+                continue
+            self._bound[address] = (server, drop)
+
+    @property
+    def servers(self) -> list[Any]:
+        """The open NtpServer sockets."""
+        return [server for server, _drop in self._bound.values()]
 
     def _start_sources(self, config: Any) -> None:
         from .refclock.hotplug import HotplugWatcher
@@ -384,6 +416,7 @@ class Daemon:
             self._start_sources(new)
         self._load_leapfile(new.leapfile)
         self.config = new
+        self._open_servers()
         log.info("configuration reloaded")
 
     def stop(self) -> None:
@@ -395,8 +428,9 @@ class Daemon:
         return self.exit_code
 
     def close(self) -> None:
-        if self._tick is not None:
-            self._tick.cancel()
+        for timer in (self._tick, self._rescan):
+            if timer is not None:
+                timer.cancel()
         self._stop_sources()
         for server in self.servers:
             server.close()
@@ -459,6 +493,11 @@ class _RefclockSource:
         if self._timer is not None:
             self._timer.cancel()
         self.unit.stop()
+
+
+def _drop_all(_address: Any, _mode: int) -> str:
+    """``interface drop``: the socket is open (nobody else gets the port) and reads nothing."""
+    return "drop"
 
 
 def _is_system_clock(clock: Clock) -> bool:
