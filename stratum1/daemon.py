@@ -18,6 +18,7 @@ from typing import Any
 
 from .clock import Clock, FrozenDisciplineClock, SystemClock
 from .eventloop import EventLoop, Timer
+from .sdnotify import Notifier
 from .snapshot import UNSYNCHRONIZED, SystemSnapshot
 
 log = logging.getLogger("stratum1")
@@ -168,6 +169,8 @@ class Daemon:
         self._tick: Timer | None = None
         self._assoc_ids = 0
         self._rescan: Timer | None = None
+        self._watchdog: Timer | None = None
+        self.notifier = Notifier()
         self.hotplug: Any = None
 
     # -- construction -------------------------------------------------------------------------
@@ -184,6 +187,20 @@ class Daemon:
         self.loop.add_signal_handler(signal.SIGHUP, self.reload)
         self.loop.add_signal_handler(signal.SIGTERM, self.stop)
         self.loop.add_signal_handler(signal.SIGINT, self.stop)
+        if self.notifier.watchdog_s:
+            self._watchdog = self.loop.call_every(self.notifier.watchdog_s / 2, self.notifier.watchdog)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS (``systemctl status``)."""
+        snap = self.snapshot
+        peer = self.system.system_peer if self.system is not None else None
+        if peer is None or not snap.synchronized:
+            return f"serving on {len(self.servers)} socket(s), not synchronised"
+        return (
+            f"synchronised to {peer.name}, stratum {snap.stratum}, "
+            f"offset {snap.offset * 1e6:+.1f} us, jitter {snap.jitter * 1e6:.1f} us"
+        )
 
     def _build_system(self) -> None:
         from .discipline import Discipline
@@ -368,6 +385,7 @@ class Daemon:
             else:
                 log.info("synchronised to %s, stratum %d", name, system.snapshot.stratum)
             self._peer_name = name
+            self.notifier.status(self.status_line())
         if system.last_action == "step":
             log.warning("clock stepped")
         self._publish()
@@ -401,15 +419,18 @@ class Daemon:
         from .config.diagnostics import ConfigError
 
         log.info("reloading configuration")
+        self.notifier.send(reloading=1)
         try:
             new = load_config(self.opts)
         except ConfigError as exc:
             for d in exc.diagnostics:
                 log.error("%s", d)
             log.error("reload failed: keeping the running configuration")
+            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
             return
         except OSError as exc:
             log.error("reload failed (%s): keeping the running configuration", exc)
+            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
             return
         if new.refclocks != self.config.refclocks:
             self._stop_sources()
@@ -418,9 +439,11 @@ class Daemon:
         self.config = new
         self._open_servers()
         log.info("configuration reloaded")
+        self.notifier.send(ready=1, status=self.status_line())
 
     def stop(self) -> None:
         log.info("exiting")
+        self.notifier.stopping()
         self.loop.stop()
 
     def run(self) -> int:
@@ -428,7 +451,7 @@ class Daemon:
         return self.exit_code
 
     def close(self) -> None:
-        for timer in (self._tick, self._rescan):
+        for timer in (self._tick, self._rescan, self._watchdog):
             if timer is not None:
                 timer.cancel()
         self._stop_sources()
