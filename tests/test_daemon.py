@@ -165,3 +165,22 @@ def test_corrupt_drift_file_is_ignored_and_kept(tmp_path, monkeypatch, caplog):
         assert drift.read_text() == "not a number\n"
     finally:
         _stop(d, thread)
+
+
+def test_tells_systemd_when_ready_and_when_synchronised(tmp_path, monkeypatch):
+    import socket
+
+    path = str(tmp_path / "notify")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(path)
+    sock.settimeout(10)
+    monkeypatch.setenv("NOTIFY_SOCKET", path)
+    d, thread, _ = _start(tmp_path, monkeypatch)
+    try:
+        first = sock.recv(1024).decode()
+        assert first.startswith("READY=1\nSTATUS=serving on 1 socket(s)")
+        second = sock.recv(1024).decode()
+        assert second.startswith("STATUS=synchronised to 127.127.1.0, stratum 11")
+    finally:
+        _stop(d, thread)
+        sock.close()
