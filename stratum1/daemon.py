@@ -367,6 +367,7 @@ class Daemon:
 
     def _after_update(self) -> None:
         system = self.system
+        self._publish()
         if system.panic and not self.opts.allow_big_step:
             log.error(
                 "time offset exceeds the panic threshold: set the clock by hand or start with -g;"
@@ -388,7 +389,6 @@ class Daemon:
             self.notifier.status(self.status_line())
         if system.last_action == "step":
             log.warning("clock stepped")
-        self._publish()
 
     def _leap_tick(self, now: int) -> None:
         system = self.system
