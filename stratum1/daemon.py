@@ -36,6 +36,8 @@ STARTUP_POLL_S = 2.0
 LOCAL_CLOCK_TYPE = 1
 #: ntpd's default interface rescan interval (-U), seconds.
 DEFAULT_RESCAN_S = 300
+#: How often idle clients are aged out of the MRU list, seconds.
+MRU_EXPIRE_S = 60.0
 STARTUP_POLLS = 8
 
 
@@ -171,14 +173,20 @@ class Daemon:
         self._rescan: Timer | None = None
         self._watchdog: Timer | None = None
         self.notifier = Notifier()
+        self.control: Any = None
+        self.access: Any = None
+        self.auth: Any = None
+        self._mru_timer: Timer | None = None
         self.hotplug: Any = None
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
+        self._build_access(self.config)
         self._build_system()
         self._open_servers()
         self._start_sources(self.config)
         self._tick = self.loop.call_every(1.0, self.housekeeping)
+        self._mru_timer = self.loop.call_every(MRU_EXPIRE_S, self._expire_mru)
         rescan = self.opts.update_interval
         if rescan is None:
             rescan = DEFAULT_RESCAN_S
@@ -241,6 +249,39 @@ class Daemon:
         self._load_leapfile(self.config.leapfile)
         self._publish()
 
+    def _build_access(self, config: Any) -> None:
+        """restrict/discard (access control and rate limiting) and the symmetric keys."""
+        from .auth import Authenticator
+        from .restrict import AccessControl
+
+        auth, keyfile = Authenticator.from_config(config)  # KeysError: unreadable file
+        if keyfile is not None:
+            for d in keyfile.diagnostics:
+                log.log(logging.ERROR if d.is_error else logging.WARNING, "%s", d)
+        if self.access is None:
+            self.access = AccessControl.from_config(config)
+        else:
+            # Keep the MRU list (who asked, how often) across a reload.
+            from .restrict import RestrictTable
+
+            self.access.reload(RestrictTable.from_config(config.restrict))
+        self.auth = auth
+
+    def check_access(
+        self, address: tuple, mode: int, version: int, rx_ns: int, has_mac: bool
+    ) -> str:
+        """The servers' access hook: restrict flags, then rate limiting."""
+        return self.access.check(address[0], address[1], mode, version, rx_ns, has_mac)
+
+    def authenticate(self, covered: bytes, mac: Any, host: str) -> Any:
+        """The servers' MAC hook: a signer for the request's key, or None (crypto-NAK)."""
+        return self.auth(covered, mac, host)
+
+    def _expire_mru(self) -> None:
+        limiter = self.access.limiter
+        if limiter is not None:
+            limiter.expire(self.clock.now_ns())
+
     def _kernel_leap(self) -> bool:
         """The kernel inserts the leap second when we discipline through it."""
         return bool(self.clock.can_adjust and hasattr(self.clock, "set_leap"))
@@ -284,6 +325,14 @@ class Daemon:
         ``-U`` seconds, so addresses that come and go (DHCP, hotplug) are followed."""
         from .server import NtpServer
 
+        if self.control is None:
+            from .control import Control
+            from .controlvars import DaemonView
+            from .mrulist import MruList
+
+            self.control = Control(
+                DaemonView(self), mru=MruList(lambda: self.access.mru_entries())
+            )
         wanted = dict(self._bindings())
         for address, (server, drop) in list(self._bound.items()):
             if wanted.get(address) != drop:
@@ -298,7 +347,9 @@ class Daemon:
                 self.get_snapshot,
                 self.clock,
                 kernel_timestamps=_is_system_clock(self.clock),
-                **({"access": _drop_all} if drop else {}),
+                control_handler=self.control.handle,
+                authenticate=self.authenticate,
+                access=_drop_all if drop else self.check_access,
             )
             try:
                 server.attach(self.loop)
@@ -432,6 +483,12 @@ class Daemon:
             log.error("reload failed (%s): keeping the running configuration", exc)
             self.notifier.send(ready=1, status="reload failed: " + self.status_line())
             return
+        try:
+            self._build_access(new)
+        except Exception as exc:  # an unreadable keys file: keep everything as it was
+            log.error("reload failed (%s): keeping the running configuration", exc)
+            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
+            return
         if new.refclocks != self.config.refclocks:
             self._stop_sources()
             self._start_sources(new)
@@ -451,7 +508,7 @@ class Daemon:
         return self.exit_code
 
     def close(self) -> None:
-        for timer in (self._tick, self._rescan, self._watchdog):
+        for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer):
             if timer is not None:
                 timer.cancel()
         self._stop_sources()
@@ -508,7 +565,9 @@ class _RefclockSource:
         if m is None:
             self.association.poll_missed(now)
         else:
-            self.association.receive(m, now, stratum=self.unit.stratum, leap=m.leap)
+            self.association.receive(
+                m, now, stratum=self.unit.stratum, leap=m.leap, root_dispersion=self.unit.rootdisp
+            )
         self.daemon.source_polled()
         self._schedule()
 
@@ -518,7 +577,7 @@ class _RefclockSource:
         self.unit.stop()
 
 
-def _drop_all(_address: Any, _mode: int) -> str:
+def _drop_all(_address: Any, _mode: int, _version: int, _rx_ns: int, _has_mac: bool) -> str:
     """``interface drop``: the socket is open (nobody else gets the port) and reads nothing."""
     return "drop"
 
@@ -599,9 +658,11 @@ def run_from_args(args: argparse.Namespace) -> int:
     if opts.pidfile is None:
         opts.pidfile = getattr(config, "pidfile", None)
     daemon = Daemon(config, opts, make_clock(opts))
+    from .keys import KeysError
+
     try:
         daemon.start()
-    except OSError as exc:
+    except (OSError, KeysError) as exc:
         log.error("cannot start: %s", exc)
         daemon.close()
         return 1

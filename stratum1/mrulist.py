@@ -45,7 +45,7 @@ class MruEntryLike(Protocol):
     count: int
     mode: int
     version: int
-    restrict: int  # ntpd RES_* flags that applied to it
+    flags: int  # ntpd RES_* flags that applied to it (ntpq's rs)
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,7 +57,7 @@ class MruEntry:
     count: int
     mode: int = 3
     version: int = 4
-    restrict: int = 0
+    flags: int = 0
 
 
 def _addr_text(address: str, port: int) -> str:
@@ -141,7 +141,7 @@ class MruList:
             if e.count < mincount or (maxlstint and age_s > maxlstint) or (
                     minlstint and age_s < minlstint):
                 continue
-            if (e.restrict & resall) != resall or (resany and not e.restrict & resany):
+            if (e.flags & resall) != resall or (resany and not e.flags & resany):
                 continue
             chosen.append(e)
 
@@ -155,7 +155,7 @@ class MruList:
                 (f"first.{i}", fmt_timestamp(e.first_ns)),
                 (f"ct.{i}", str(e.count)),
                 (f"mv.{i}", str(((e.version & 7) << 3) | (e.mode & 7))),
-                (f"rs.{i}", f"0x{e.restrict:x}"),
+                (f"rs.{i}", f"0x{e.flags:x}"),
             ]
             # Room for this row and the closing now=/last.newest= pair.
             if i >= rows or len(format_items(items + row)) + 80 > budget:

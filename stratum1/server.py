@@ -50,9 +50,9 @@ Address = tuple
 #: Given the request's MAC-covered bytes (header + extension fields) and its MAC, return a signer
 #: for the reply (reply bytes -> key id + digest) or None: unknown key or bad digest.
 Signer = Callable[[bytes], bytes]
-Authenticator = Callable[[bytes, Mac], Signer | None]
+Authenticator = Callable[[bytes, Mac, str], Signer | None]
 #: Handles a mode-6 datagram; returns the answer to send, or None.
-ControlHandler = Callable[[bytes, Address], bytes | None]
+ControlHandler = Callable[[bytes, Address], "bytes | list[bytes] | None"]
 #: Handles a symmetric/server/broadcast datagram (modes 1, 2, 4, 5) with its receive time.
 PeerHandler = Callable[[bytes, Address, int], bytes | None]
 
@@ -61,15 +61,18 @@ SERVE = "serve"
 DROP = "drop"
 KOD = "kod"  # answer a client request with a RATE kiss-o'-death instead of the time
 #: Given the sender's address and the packet's mode, return SERVE, DROP or KOD.
-AccessCheck = Callable[[Address, int], str]
+AccessCheck = Callable[[Address, int, int, int, bool], str]
 
 
-def serve_all(_address: Address, _mode: int) -> str:
-    """The default access check: everyone is served (``restrict default`` with no flags)."""
+def serve_all(_address: Address, _mode: int, _version: int, _rx_ns: int, _has_mac: bool) -> str:
+    """The default access check: everyone is served (``restrict default`` with no flags).
+
+    An access check gets the source address, mode, version, receive time and whether the
+    datagram carries more than the header (a MAC: what ``notrust`` asks for)."""
     return SERVE
 
 
-def no_keys(_covered: bytes, _mac: Mac) -> Signer | None:
+def no_keys(_covered: bytes, _mac: Mac, _host: str = "") -> Signer | None:
     """The default authenticator: no keys are known, so every MAC earns a crypto-NAK."""
     return None
 
@@ -316,12 +319,17 @@ class NtpServer:
                 self._drop("malformed", dgram.address, "longer than the receive buffer")
                 continue
             reply = self.process(dgram.data, dgram.address, rx_ns, template)
-            if reply is not None:
+            if reply is None:
+                continue
+            if isinstance(reply, list):  # a fragmented mode-6 answer
+                for part in reply:
+                    self._send(sock, part, dgram.address, dgram.reply_cmsg)
+            else:
                 self._send(sock, reply, dgram.address, dgram.reply_cmsg)
 
     def process(
         self, data: bytes, address: Address, rx_ns: int, template: ReplyTemplate | None = None
-    ) -> bytes | None:
+    ) -> bytes | list[bytes] | None:
         """Decide the answer to one datagram (None: no answer) and count what happened.
 
         Socket-free so that other transports (recvmmsg batches, a simulator) can reuse it.
@@ -336,7 +344,7 @@ class NtpServer:
         version = (first >> 3) & 0x07
         if mode == MODE_PRIVATE:
             return self._drop("mode7", address, "mode 7")
-        verdict = self.access(address, mode)
+        verdict = self.access(address, mode, version, rx_ns, len(data) > HEADER_LEN)
         if verdict == DROP:
             return self._drop("restricted", address, "refused by restrict")
         if mode == MODE_CONTROL:
@@ -390,7 +398,7 @@ class NtpServer:
             return self._guard(reply, data, address)
         if len(mac) == 4:
             return self._drop("bad_auth", address, "request carries a bare key id")
-        signer = self.authenticate(data[: len(data) - len(mac)], mac)
+        signer = self.authenticate(data[: len(data) - len(mac)], mac, address[0])
         reply = template.render(version, poll, transmit, rx_ns, self._clock.now_ns())
         if signer is None:
             self.stats.crypto_naks += 1

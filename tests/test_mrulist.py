@@ -23,7 +23,7 @@ class Clock:
 
 def table(n: int) -> list[MruEntry]:
     return [MruEntry(f"192.0.2.{i % 250 + 1}", 1000 + i, NOW - 900 * S, NOW - (n - i) * S,
-                     i + 1, mode=3, version=4, restrict=0x40 if i % 2 else 0) for i in range(n)]
+                     i + 1, mode=3, version=4, flags=0x40 if i % 2 else 0) for i in range(n)]
 
 
 def make(entries: list[MruEntry]) -> tuple[MruList, Clock]:

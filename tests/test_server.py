@@ -193,7 +193,7 @@ def test_mac_with_no_keys_gets_crypto_nak():
 def test_authenticator_hook_signs_replies():
     key = b"secret"
 
-    def md5_auth(covered, mac):
+    def md5_auth(covered, mac, host):
         if mac.keyid != 9 or hashlib.md5(key + covered).digest() != mac.digest:
             return None
         return lambda reply: struct.pack("!I", 9) + hashlib.md5(key + reply).digest()
@@ -210,7 +210,7 @@ def test_authenticator_hook_signs_replies():
 
 
 def test_signer_that_would_amplify_is_refused():
-    server = make_server(authenticate=lambda covered, mac: lambda reply: bytes(4 + 20))
+    server = make_server(authenticate=lambda covered, mac, host: lambda reply: bytes(4 + 20))
     data = request(trailer=struct.pack("!I", 1) + bytes(16))  # 68 bytes in, 72 would go out
     assert server.process(data, ("192.0.2.1", 123), NOW_NS) is None
     assert server.stats.oversize == 1
@@ -474,7 +474,7 @@ def test_access_check_drop_and_kod():
     verdicts = {"192.0.2.1": "drop", "192.0.2.2": "kod"}
     seen = []
 
-    def access(addr, mode):
+    def access(addr, mode, version, rx_ns, has_mac):
         seen.append((addr[0], mode))
         return verdicts.get(addr[0], "serve")
 
