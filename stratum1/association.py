@@ -132,6 +132,8 @@ class Association:
 
         self.filter = ClockFilter(precision_floor=2.0**sys_precision, maxdist=maxdist)
         self.rec_ns = 0  # local time of the last valid sample (ntpq rec)
+        #: The spread of the samples a refclock averaged into its newest measurement (s).
+        self.newest_jitter: float | None = None
         self.received = 0
         self.bad_samples = 0
         self.popcorn_spikes = 0
@@ -167,6 +169,15 @@ class Association:
         return self.filter.sample_ns
 
     @property
+    def sample_span_ns(self) -> int:
+        """How long before ``sample_ns`` the samples averaged into ``offset`` began."""
+        return self.filter.span_ns
+
+    def newest_sample(self) -> Stage | None:
+        """The newest real sample in the clock filter (whether or not the filter picked it)."""
+        return self.filter.newest()
+
+    @property
     def update_ns(self) -> int:
         """When the filter last ran (dispersion ages from here)."""
         return self.filter.update_ns
@@ -200,8 +211,12 @@ class Association:
         precision: int | None = None,
         ppoll: int | None = None,
         burst: bool = False,
+        span_ns: int | None = None,
     ) -> FilterResult | None:
         """A valid sample arrived for this poll (network: with the packet's header values).
+
+        ``span_ns``: for a refclock, how long before ``m.local_ns`` the samples averaged into
+        ``m`` began (default: the measurement's own ``span_ns`` if it has one, else 0).
 
         Returns the clock filter's decision, or None when the input was malformed (counted in
         ``bad_samples`` and dropped) or a refclock reported itself unsynchronised.
@@ -261,8 +276,20 @@ class Association:
         if m.jitter is not None and math.isfinite(m.jitter):
             # ntpd hands a refclock's median-filter jitter to the clock filter as dispersion.
             dispersion = max(dispersion, float(m.jitter))
+        if span_ns is None:
+            span_ns = getattr(m, "span_ns", 0)
+        span = span_ns if isinstance(span_ns, int) and span_ns > 0 else 0
+        self.newest_jitter = (
+            float(m.jitter) if m.jitter is not None and math.isfinite(m.jitter) else None
+        )
         result = self.filter.add(
-            float(m.offset), delay, dispersion, now_ns, poll=self.poll, local_ns=m.local_ns
+            float(m.offset),
+            delay,
+            dispersion,
+            now_ns,
+            poll=self.poll,
+            local_ns=m.local_ns,
+            span_ns=span,
         )
         if result.popcorn:
             self.popcorn_spikes += 1

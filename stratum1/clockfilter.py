@@ -34,6 +34,7 @@ class Stage:
     dispersion: float = MAXDISPERSE
     epoch_ns: int = 0
     local_ns: int = 0  # local time the measurement refers to (the sample instant)
+    span_ns: int = 0  # how long before local_ns the samples averaged into it began (refclock)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,8 +75,11 @@ class ClockFilter:
         self.jitter = self.precision_floor
         self.epoch_ns = 0  # arrival time of the sample the peer variables came from
         self.sample_ns = 0  # and the instant that sample measured
+        self.span_ns = 0  # and the averaging window before it
         self.update_ns = now_ns  # when the stage dispersions were last aged
         self.order: list[int] = list(range(NTP_SHIFT))
+        #: The newest sample was held back as a popcorn spike.
+        self.last_popcorn = False
 
     def add(
         self,
@@ -86,9 +90,12 @@ class ClockFilter:
         *,
         poll: int,
         local_ns: int | None = None,
+        span_ns: int = 0,
     ) -> FilterResult:
         """Shift in one sample that arrived at ``now_ns`` (``local_ns``: the instant it
-        measures, default ``now_ns``); ``poll`` is the host poll exponent."""
+        measures, default ``now_ns``; ``span_ns``: the averaging window before it, for a
+        refclock poll); ``poll`` is the host poll exponent."""
+        self.last_popcorn = False
         stage = self._stages[self._next]
         stage.offset, stage.delay, stage.dispersion, stage.epoch_ns = (
             offset,
@@ -97,6 +104,7 @@ class ClockFilter:
             now_ns,
         )
         stage.local_ns = now_ns if local_ns is None else local_ns
+        stage.span_ns = max(0, int(span_ns))
         newest = self._next
         self._next = (self._next + 1) % NTP_SHIFT
 
@@ -146,6 +154,7 @@ class ClockFilter:
         ):
             # The spike stays in the register (a later minimum may outrank it) but the peer
             # variables keep their previous values.
+            self.last_popcorn = best is stage
             return FilterResult(updated=False, popcorn=True, spike=spike, valid=valid)
 
         self.jitter = jitter
@@ -156,6 +165,7 @@ class ClockFilter:
         self.delay = best.delay
         self.epoch_ns = best.epoch_ns
         self.sample_ns = best.local_ns
+        self.span_ns = best.span_ns
         return FilterResult(updated=True, valid=valid)
 
     def _distance(self, s: Stage, now_ns: int) -> float:
@@ -165,11 +175,31 @@ class ClockFilter:
             return s.delay + s.dispersion
         return s.delay
 
+    def newest(self) -> Stage | None:
+        """A copy of the newest real sample (not a dummy pushed for a missed poll), or None.
+
+        The discipline feeds on every new sample, not only on the ones the minimum-delay
+        pick lets through (ntpd's pick passes about one in three, and after a correction an
+        old low-delay sample can hold the peer variables for eight polls).
+        """
+        for k in range(NTP_SHIFT):
+            s = self._stages[(self._next - 1 - k) % NTP_SHIFT]
+            if s.epoch_ns == 0:
+                return None
+            if s.dispersion < MAXDISPERSE:
+                return Stage(s.offset, s.delay, s.dispersion, s.epoch_ns, s.local_ns, s.span_ns)
+        return None
+
+    def min_delay(self) -> float:
+        """The smallest delay among the stages holding real samples (0 when none)."""
+        delays = [s.delay for s in self._stages if s.epoch_ns and s.dispersion < MAXDISPERSE]
+        return min(delays, default=0.0)
+
     def stages(self) -> list[Stage]:
         """Copies of the stages, newest first (ntpq's filtoffset/filtdelay/filtdisp order)."""
         last = (self._next - 1) % NTP_SHIFT
         return [
-            Stage(s.offset, s.delay, s.dispersion, s.epoch_ns, s.local_ns)
+            Stage(s.offset, s.delay, s.dispersion, s.epoch_ns, s.local_ns, s.span_ns)
             for s in (self._stages[(last - k) % NTP_SHIFT] for k in range(NTP_SHIFT))
         ]
 

@@ -513,6 +513,18 @@ class Discipline:
         """
         return self._corr.at(local_ns)
 
+    def offset_change(self, since_ns: int, now_ns: int) -> float:
+        """How far (s) an offset measured at ``since_ns`` has moved by ``now_ns`` by the loop's
+        own account: the corrections applied between the two, less the oscillator's drift at
+        the frequency the loop estimates (which those corrections mostly cancel).
+
+        A source's offset measured at ``since_ns`` minus this is what it would show now.
+        """
+        if now_ns <= since_ns:
+            return 0.0
+        moved = self._corr.at(now_ns) - self._corr.at(since_ns)
+        return moved - self._freq_ppm * 1e-6 * (now_ns - since_ns) / NS_PER_S
+
     def notify_leap(self, step_ns: int) -> None:
         """The clock was stepped by a leap second (kernel or hold): shift our time axis with it.
 

@@ -16,7 +16,7 @@ from .association import (
     Association,
     normalize_refid,
 )
-from .clockfilter import PHI
+from .clockfilter import PHI, Stage
 from .mitigation import PPS_GATE, Mitigated, mitigate
 from .ntptime import NS_PER_S
 from .orphan import orphan_parent_snapshot, pick_orphan_parent
@@ -26,6 +26,8 @@ from .snapshot import STRATUM_UNSYNC, SystemSnapshot
 
 #: Refid shown after the clock was stepped, until the next update (as ntpd).
 STEP_REFID = b"STEP"
+#: Share of the peer jitter taken as a network sample's error when its delay is the minimum.
+NET_SIGMA_FLOOR = 0.5
 
 
 class DisciplineResultLike(Protocol):
@@ -192,10 +194,28 @@ class SystemProcess:
             return "loop"
         return None
 
+    def correction_since(self, local_ns: int, now_ns: int) -> float:
+        """How far (s) an offset measured at ``local_ns`` has moved by ``now_ns`` through the
+        discipline's corrections (net of the oscillator drift they cancel).
+
+        An offset measured at ``local_ns`` minus this is what the source would show now: the
+        clock filter's pick can be several polls old, and after the first corrections (10 ms
+        at start) such an old offset would say the clock is still off by all of it.
+        """
+        change = getattr(self.discipline, "offset_change", None)
+        if change is None or local_ns <= 0 or local_ns >= now_ns:
+            return 0.0
+        return float(change(local_ns, now_ns))
+
+    def current_offset(self, a: Association, now_ns: int) -> float:
+        """The association's clock-filter offset, less the corrections made since."""
+        t = a.sample_ns - a.sample_span_ns // 2 if a.sample_ns else 0
+        return a.offset - self.correction_since(t, now_ns)
+
     def _candidate(self, a: Association, now_ns: int) -> Candidate:
         return Candidate(
             key=a.assoc_id,
-            offset=a.offset,
+            offset=self.current_offset(a, now_ns),
             distance=a.root_distance(now_ns, self.tos.mindist),
             jitter=a.jitter,
             stratum=a.stratum,
@@ -288,25 +308,34 @@ class SystemProcess:
                     now_ns=now_ns,
                 )
             return self.snapshot
-        if peer.epoch_ns <= self._sys_epoch_ns:
-            # Nothing new from the chosen source: keep the last statistics and tallies.
+        newest = peer.newest_sample()
+        if newest is None or newest.epoch_ns <= self._sys_epoch_ns or peer.filter.last_popcorn:
+            # Nothing new from the chosen source (or its newest sample was a popcorn spike):
+            # keep the last statistics and tallies.
             return self.snapshot
 
         self._commit(codes)
         self.orphan_parent = False
-        self._sys_epoch_ns = peer.epoch_ns
+        self._sys_epoch_ns = newest.epoch_ns
         self.system_peer = peer
         self.pps_peer = peer if mit.pps_active else None
-        offset, jitter = mit.selection.offset, mit.selection.jitter
+        offset, sigma, sample_ns, span_ns = self._measurement(peer, newest, mit, now_ns)
+        if mit.pps_active or peer.prefer:
+            jitter = peer.jitter  # the selection took this peer's own jitter
+        else:
+            # ntpd's system jitter: the peer's own jitter and the selection jitter together
+            # (with one survivor the selection jitter alone would be 0).
+            jitter = math.hypot(peer.jitter, mit.selection.jitter)
 
         if self.discipline is not None:
             result = self.discipline.update(
                 offset,
-                jitter,
+                sigma,
                 now_ns,
                 poll=self.sys_poll,
-                sample_ns=peer.sample_ns or None,
-                delay=peer.delay if not peer.refclock else None,
+                sample_ns=sample_ns or None,
+                span_ns=span_ns,
+                delay=newest.delay if not peer.refclock else None,
             )
             self.last_action = result.action
             poll = getattr(result, "poll", None)
@@ -328,6 +357,32 @@ class SystemProcess:
         return self.snapshot
 
     # -- internals ------------------------------------------------------------------------
+
+    def _measurement(
+        self, peer: Association, newest: Stage, mit: Mitigated, now_ns: int
+    ) -> tuple[float, float, int, int]:
+        """What the discipline gets: (offset, its expected error, sample time, window span).
+
+        The system peer's newest sample, shifted by how far the combined offset lies from
+        that peer's own (0 for a lone survivor, a PPS or a prefer peer), so each sample counts
+        once and the combining still averages the survivors' biases. The expected error is
+        the sample's own: a refclock poll's spread over the square root of the samples it
+        averaged; a network exchange's excess delay over the filter's minimum, halved (the
+        most queueing can bias the offset), on top of the peer jitter.
+        """
+        shift = mit.selection.offset - self.current_offset(peer, now_ns)
+        offset = newest.offset + shift
+        if peer.refclock:
+            spread = peer.newest_jitter if peer.newest_jitter is not None else peer.jitter
+            # Refclocks deliver about one sample a second: the window held span+1 of them.
+            count = 1.0 + newest.span_ns / NS_PER_S
+            sigma = spread / math.sqrt(count)
+        else:
+            excess = max(0.0, newest.delay - peer.filter.min_delay()) / 2.0
+            sigma = math.hypot(excess, NET_SIGMA_FLOOR * peer.jitter)
+        if not (mit.pps_active or peer.prefer):
+            sigma = math.hypot(sigma, mit.selection.jitter)
+        return offset, sigma, newest.local_ns, newest.span_ns
 
     def _orphanwait_ns(self) -> int:
         return int(self.tos.orphanwait * NS_PER_S)

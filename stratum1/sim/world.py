@@ -23,6 +23,10 @@ from ..sample import LEAP_NONE, Measurement
 from ..system import SystemProcess
 from .clock import SimClock
 
+#: The daemon's refclock start-up polling (stratum1.daemon): every 2 s for the first 8 polls.
+STARTUP_POLL_S = 2
+STARTUP_POLLS = 8
+
 
 @dataclass
 class Outage:
@@ -68,7 +72,7 @@ class RefclockModel:
         red = reduce_offsets([o for _, o in self.window])
         span = self.window[-1][0] - self.window[0][0]
         m = Measurement(
-            red.offset, 0.0, 1e-6 + red.jitter, self.window[-1][0], jitter=red.jitter
+            red.offset, 0.0, max(red.jitter, 1e-6), self.window[-1][0], jitter=red.jitter
         )
         self.window.clear()
         return m, span
@@ -85,6 +89,8 @@ class ServerModel:
     offset: float = 0.0  # the server's own error (a falseticker is far off)
     poll: int = 4
     outages: list[Outage] = field(default_factory=list)
+    #: Second of the first exchange: a client asks as soon as it starts (ntpd and chronyd do).
+    first_s: int = 1
 
     def exchange(self, world: World, t_s: float) -> Measurement | None:
         if any(o.covers(t_s) for o in self.outages):
@@ -197,12 +203,19 @@ def run(
             system.add(a)
             assocs[s.name] = a
             aid += 1
+    next_poll = {r.name: STARTUP_POLL_S for r in refclocks}
+    next_poll.update({s.name: s.first_s for s in servers})
+    polls = {r.name: 0 for r in refclocks}
     actions: dict[str, int] = {}
     errors: list[float] = []
     selected: list[str] = []
     for sec in range(1, seconds + 1):
+        # Score mid-second: whole seconds are where leaps and pulses happen.
+        clock.advance_to(world.start_ns + sec * NS_PER_S - NS_PER_S // 2)
+        errors.append((clock.now_ns() - world.utc_ns()) / NS_PER_S)
         if leap is not None and not kernel_leap:
-            # The daemon holds the clock by a timer set for the leap instant on its own clock.
+            # The daemon holds the clock by a timer set for the leap instant on its own clock
+            # (due before the next whole second of true time, give or take the clock's error).
             due = leap.update(clock.now_ns()).leap_ns
             if due is not None and 0 < due - clock.now_ns() <= NS_PER_S:
                 clock.advance_to(clock.true_ns + due - clock.now_ns())
@@ -210,9 +223,6 @@ def run(
                 if d.hold_step_ns:
                     clock.step(d.hold_step_ns)
                     discipline.notify_leap(d.hold_step_ns)
-        # Score mid-second: whole seconds are where leaps and pulses happen.
-        clock.advance_to(world.start_ns + sec * NS_PER_S - NS_PER_S // 2)
-        errors.append((clock.now_ns() - world.utc_ns()) / NS_PER_S)
         clock.advance_to(world.start_ns + sec * NS_PER_S)
         now = clock.now_ns()
         if leap is not None:
@@ -242,16 +252,20 @@ def run(
             fed = False
             for r in refclocks:
                 a = assocs[r.name]
-                if sec % (1 << a.poll) == 0:
+                if sec >= next_poll[r.name]:
+                    polls[r.name] += 1
                     got = r.measurement()
                     if got is None:
                         a.poll_missed(now)
                     else:
-                        a.receive(got[0], now, leap=LEAP_NONE)
+                        a.receive(got[0], now, leap=LEAP_NONE, span_ns=got[1])
                     fed = True
+                    # The daemon polls a refclock every 2 s until its filter is full.
+                    step = STARTUP_POLL_S if polls[r.name] < STARTUP_POLLS else 1 << a.poll
+                    next_poll[r.name] = sec + step
             for s in servers:
                 a = assocs[s.name]
-                if sec % (1 << a.poll) == 0:
+                if sec >= next_poll[s.name]:
                     m = s.exchange(world, sec)
                     if m is None:
                         a.poll_missed(now)
@@ -259,6 +273,7 @@ def run(
                         a.receive(m, now, stratum=1, refid=b"GPS", root_delay=0.0,
                                   root_dispersion=1e-5, leap=LEAP_NONE, reference_ns=now)
                     fed = True
+                    next_poll[s.name] = sec + (1 << a.poll)
             if fed:
                 system.update(now)
                 if system.last_action:

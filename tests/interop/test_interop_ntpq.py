@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import re
 
-import pytest
 from interop_support import find_tool, run_tool
 
 
-@pytest.mark.xfail(strict=True, reason="mode-6 control protocol not implemented yet; "
-                   "remove this mark when it lands")
 def test_ntpq_readvars(local_daemon):
     daemon, host = local_daemon
     ntpq = find_tool("ntpq", "ntpsec")
