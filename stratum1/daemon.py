@@ -267,12 +267,6 @@ class Daemon:
             self.access.reload(RestrictTable.from_config(config.restrict))
         self.auth = auth
 
-    def check_access(
-        self, address: tuple, mode: int, version: int, rx_ns: int, has_mac: bool
-    ) -> str:
-        """The servers' access hook: restrict flags, then rate limiting."""
-        return self.access.check(address[0], address[1], mode, version, rx_ns, has_mac)
-
     def authenticate(self, covered: bytes, mac: Any, host: str) -> Any:
         """The servers' MAC hook: a signer for the request's key, or None (crypto-NAK)."""
         return self.auth(covered, mac, host)
@@ -349,7 +343,7 @@ class Daemon:
                 kernel_timestamps=_is_system_clock(self.clock),
                 control_handler=self.control.handle,
                 authenticate=self.authenticate,
-                access=_drop_all if drop else self.check_access,
+                access=_drop_all if drop else self.access.server_hook,
             )
             try:
                 server.attach(self.loop)

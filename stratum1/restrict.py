@@ -509,15 +509,12 @@ class AccessControl:
     def remove_source(self, host: str) -> None:
         self.table.remove_source(host)
 
-    def access_check(self, now_ns: Callable[[], int]) -> Callable[[tuple, int], str]:
-        """An adapter to today's ``NtpServer(access=...)`` hook, which passes only the address
-        and mode: version 4 and a MAC are assumed, so ``version`` and ``notrust`` are left to
-        the server (it drops bad versions; see ``last_flags`` for notrust)."""
-
-        def check(address: tuple, mode: int) -> str:
-            return self.check(address[0], address[1], mode, _NTP_VERSION, now_ns(), True)
-
-        return check
+    def server_hook(
+        self, address: tuple, mode: int, version: int, rx_ns: int, has_mac: bool
+    ) -> str:
+        """``NtpServer(access=...)``: the server passes the source address, mode, version,
+        kernel receive time and whether a MAC may follow the header."""
+        return self.check(address[0], address[1], mode, version, rx_ns, has_mac)
 
 
 def control_allowed(flags: int, opcode: int) -> bool:

@@ -126,3 +126,29 @@ def test_sample_instant_is_kept_separately_from_arrival():
     f = ClockFilter()
     f.add(0.001, 0.0, 0.0, T0 + 5 * S, poll=POLL, local_ns=T0)
     assert f.epoch_ns == T0 + 5 * S and f.sample_ns == T0
+
+
+def test_newest_is_the_latest_real_sample_whether_picked_or_not():
+    f = ClockFilter()
+    assert f.newest() is None
+    f.add(0.001, 0.010, 0.0, T0, poll=POLL, local_ns=T0 - S, span_ns=15 * S)
+    f.add(0.002, 0.050, 0.0, T0 + 64 * S, poll=POLL)  # larger delay: not the pick
+    assert f.offset == 0.001 and f.span_ns == 15 * S
+    n = f.newest()
+    assert n is not None and n.offset == 0.002 and n.delay == 0.050 and n.span_ns == 0
+    assert f.min_delay() == 0.010
+    # A dummy pushed for missed polls is not a sample: the newest real one is reported.
+    f.add(0.0, 0.0, MAXDISPERSE, T0 + 128 * S, poll=POLL)
+    n = f.newest()
+    assert n is not None and n.offset == 0.002
+
+
+def test_popcorn_spike_is_flagged_as_the_newest():
+    f = ClockFilter()
+    for i in range(NTP_SHIFT):
+        f.add(1e-5 * (i % 2), 0.01, 0.0, T0 + i * 64 * S, poll=POLL)
+    assert not f.last_popcorn
+    r = f.add(0.5, 0.001, 0.0, T0 + NTP_SHIFT * 64 * S, poll=POLL)
+    assert r.popcorn and f.last_popcorn
+    f.add(1e-5, 0.01, 0.0, T0 + (NTP_SHIFT + 1) * 64 * S, poll=POLL)
+    assert not f.last_popcorn

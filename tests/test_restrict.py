@@ -345,9 +345,8 @@ def test_control_allowed() -> None:
 
 def test_adapter_for_the_servers_hook() -> None:
     a = access(entry(None, "noserve"))
-    check = a.access_check(lambda: T0)
-    assert check(("192.0.2.1", 40000), 3) == DROP
-    assert check(("192.0.2.1", 40000), 6) == SERVE
+    assert a.server_hook(("192.0.2.1", 40000), 3, 4, T0, False) == DROP
+    assert a.server_hook(("192.0.2.1", 40000), 6, 2, T0, False) == SERVE
 
 
 # -- from the configuration ------------------------------------------------------------------
@@ -419,7 +418,7 @@ def test_server_sends_rate_kod_through_the_adapter() -> None:
     clock = Clock()
     a = AccessControl.from_config(_config(HARDENED))
     server = NtpServer(("127.0.0.1", 0), SystemSnapshot, clock,  # type: ignore[arg-type]
-                       access=a.access_check(clock.now_ns))  # fmt: skip
+                       access=a.server_hook)  # fmt: skip
     template = ReplyTemplate(SystemSnapshot())
     request = NtpPacket(mode=3, transmit=0x1234).pack()
     replies = []

@@ -29,9 +29,11 @@ class FakeDiscipline:
     actions: list[str] = field(default_factory=list)
     poll: int = 6
     calls: list[tuple[float, float, int]] = field(default_factory=list)
+    kwargs: list[dict] = field(default_factory=list)
 
     def update(self, offset, jitter, now_ns, *, poll, **kw):
         self.calls.append((offset, jitter, now_ns))
+        self.kwargs.append(kw)
         action = self.actions.pop(0) if self.actions else "slew"
         return Result(action, self.poll)
 
@@ -534,3 +536,84 @@ def test_long_run_gps_pps_and_network_with_noise():
             assert nmea.tally == "*"
         now += 16 * S
     assert pps_peer_updates > 250
+
+
+def test_lone_network_peer_feeds_every_new_sample_weighted_by_its_delay():
+    # ntpd's pick would hold on to the low-delay first samples; the discipline gets each new
+    # exchange, with an expected error that grows with its delay above the minimum.
+    disc = FakeDiscipline()
+    sp = SystemProcess(precision=-20, discipline=disc)
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    now = burst_server(a, T0, 0.001, delay=0.010)
+    sp.update(now)
+    assert len(disc.calls) == 1
+    low_sigma = disc.calls[-1][1]
+    for i in range(3):
+        t = now + (i + 1) * 64 * S
+        a.receive(Measurement(0.002, 0.030, 1e-5, t), t, stratum=1, refid=b"GPS",
+                  root_dispersion=0.0005, leap=LEAP_NONE, reference_ns=t - S)
+        sp.update(t)
+        assert a.offset == 0.001  # the clock filter still picks the low-delay sample
+        assert len(disc.calls) == 2 + i
+        offset, sigma, _ = disc.calls[-1]
+        assert offset == pytest.approx(0.002)
+        assert sigma >= 0.010 > low_sigma  # (30 ms - 10 ms) / 2
+        assert disc.kwargs[-1]["delay"] == 0.030
+
+
+def test_refclock_window_span_reaches_the_discipline():
+    disc = FakeDiscipline()
+    sp = SystemProcess(precision=-20, discipline=disc)
+    gps = refclock(1)
+    sp.add(gps)
+    gps.receive(Measurement(0.001, 0.0, 1e-4, T0 - S, 4e-4), T0, span_ns=15 * S)
+    sp.update(T0)
+    assert disc.kwargs[-1]["span_ns"] == 15 * S
+    assert disc.kwargs[-1]["sample_ns"] == T0 - S
+    # 16 samples of 0.4 ms spread: the mean is good to 0.1 ms.
+    assert disc.calls[-1][1] == pytest.approx(1e-4)
+
+
+def test_system_jitter_includes_the_peer_jitter_with_one_survivor():
+    sp = SystemProcess(precision=-20, discipline=FakeDiscipline())
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    t = T0
+    for i in range(8):
+        off = 0.001 + (1e-4 if i % 2 else -1e-4)
+        a.receive(Measurement(off, 0.010 + i * 1e-6, 1e-5, t), t, stratum=1, refid=b"GPS",
+                  root_dispersion=0.0005, leap=LEAP_NONE, reference_ns=t - S, burst=i > 0)
+        t += 2 * S
+    snap = sp.update(t)
+    assert snap.synchronized
+    assert a.jitter > 1e-5
+    assert snap.jitter == pytest.approx(a.jitter)
+
+
+@dataclass
+class MovingDiscipline(FakeDiscipline):
+    """Reports that the clock was moved by ``moved`` s between any sample and now."""
+
+    moved: float = 0.0
+
+    def offset_change(self, since_ns, now_ns):
+        return self.moved
+
+
+def test_candidate_offsets_are_net_of_corrections_made_since_the_sample():
+    disc = MovingDiscipline()
+    sp = SystemProcess(precision=-20, discipline=disc)
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    now = burst_server(a, T0, 0.010, delay=0.010)
+    sp.update(now)
+    disc.moved = 0.009  # the loop has slewed 9 ms of the 10 since
+    later = now + 64 * S
+    assert sp.current_offset(a, later) == pytest.approx(0.001)
+    a.receive(Measurement(0.001, 0.012, 1e-5, later), later, stratum=1, refid=b"GPS",
+              root_dispersion=0.0005, leap=LEAP_NONE, reference_ns=later - S)
+    snap = sp.update(later)
+    # The lone survivor's newest sample is fed as it is: no stale 10 ms.
+    assert disc.calls[-1][0] == pytest.approx(0.001)
+    assert snap.offset == pytest.approx(0.001)

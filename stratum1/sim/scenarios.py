@@ -43,10 +43,17 @@ def _shm(seed: int, seconds: int, mode: str) -> Score:
                seconds=seconds, mode=mode)
 
 
-def _net(seed: int, seconds: int, mode: str) -> Score:
-    w = World(seed=seed, start_ns=START_NS)
-    d = Discipline(w.clock, minpoll=4, maxpoll=4)
-    return run(w, d, servers=[ServerModel("server")], seconds=seconds, mode="system")
+def _net_client(iburst: bool) -> Callable[[int, int, str], Score]:
+    def build(seed: int, seconds: int, mode: str) -> Score:
+        w = World(seed=seed, start_ns=START_NS)
+        d = Discipline(w.clock, minpoll=4, maxpoll=4)
+        return run(w, d, servers=[ServerModel("server", iburst=iburst)], seconds=seconds,
+                   mode="system")
+
+    return build
+
+
+_net = _net_client(False)
 
 
 def _falseticker(seed: int, seconds: int, mode: str) -> Score:
@@ -98,6 +105,7 @@ SCENARIOS = [
     Scenario("2b", "as 1 with a drift file", _pps_shm(0.0, True)),
     Scenario("3", "SHM only (1 ms noise)", _shm),
     Scenario("4", "network client, one server polled every 16 s", _net),
+    Scenario("4i", "as 4 with iburst (8 exchanges 2 s apart at start)", _net_client(True)),
     Scenario("5", "four network servers, one 50 ms off", _falseticker),
     Scenario("6", "PPS + SHM with a 1 h GPS outage (1 h to 2 h), three network servers", _outage),
     Scenario("7", "leap second inserted at the end of December (kernel armed)", _leap,

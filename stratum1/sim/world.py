@@ -91,6 +91,8 @@ class ServerModel:
     outages: list[Outage] = field(default_factory=list)
     #: Second of the first exchange: a client asks as soon as it starts (ntpd and chronyd do).
     first_s: int = 1
+    #: ntpd's ``iburst``: the first poll is a burst of 8 exchanges 2 s apart.
+    iburst: bool = False
 
     def exchange(self, world: World, t_s: float) -> Measurement | None:
         if any(o.covers(t_s) for o in self.outages):
@@ -206,6 +208,7 @@ def run(
     next_poll = {r.name: STARTUP_POLL_S for r in refclocks}
     next_poll.update({s.name: s.first_s for s in servers})
     polls = {r.name: 0 for r in refclocks}
+    bursts = {s.name: 0 for s in servers}
     actions: dict[str, int] = {}
     errors: list[float] = []
     selected: list[str] = []
@@ -267,13 +270,22 @@ def run(
                 a = assocs[s.name]
                 if sec >= next_poll[s.name]:
                     m = s.exchange(world, sec)
+                    in_burst = bursts[s.name] > 0
                     if m is None:
-                        a.poll_missed(now)
+                        if not in_burst:
+                            a.poll_missed(now)
                     else:
                         a.receive(m, now, stratum=1, refid=b"GPS", root_delay=0.0,
-                                  root_dispersion=1e-5, leap=LEAP_NONE, reference_ns=now)
+                                  root_dispersion=1e-5, leap=LEAP_NONE, reference_ns=now,
+                                  burst=in_burst)
                     fed = True
-                    next_poll[s.name] = sec + (1 << a.poll)
+                    if bursts[s.name] == 0 and s.iburst and a.received == 1:
+                        bursts[s.name] = 7  # the rest of the start-up burst
+                    if bursts[s.name] > 0:
+                        bursts[s.name] -= 1
+                        next_poll[s.name] = sec + 2
+                    else:
+                        next_poll[s.name] = sec + (1 << a.poll)
             if fed:
                 system.update(now)
                 if system.last_action:
