@@ -34,6 +34,11 @@ EVNT_POPCORN = 0xD
 
 #: Polls without an answer before an unreachable network source's poll interval backs off.
 NTP_UNREACH = 10
+#: Refclock associations poll this often (s) for their first polls, then at 2**poll, so a
+#: refclock is usable seconds after start, as a server with iburst is (the daemon and the
+#: simulator both schedule by these).
+STARTUP_POLL_S = 2
+STARTUP_POLLS = 8
 #: Valid poll exponents (RFC 5905 MINPOLL..MAXPOLL).
 MINPOLL_LIMIT = 3
 MAXPOLL_LIMIT = 17

@@ -16,6 +16,7 @@ import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from .association import STARTUP_POLL_S, STARTUP_POLLS
 from .clock import Clock, FrozenDisciplineClock, SystemClock
 from .eventloop import EventLoop, Timer
 from .sdnotify import Notifier
@@ -29,16 +30,12 @@ refclock sim unit 0 flag1 1 minpoll 4 maxpoll 4 prefer refid GPS
 """
 DEMO_LISTEN = "127.0.0.1:11123"
 
-#: Refclock associations poll this often (s) until their filter is full, then at 2**poll:
-#: a refclock source is usable within seconds of start, like a server with iburst.
-STARTUP_POLL_S = 2.0
 #: The LOCAL driver's type: only a fallback, as in ntpd.
 LOCAL_CLOCK_TYPE = 1
 #: ntpd's default interface rescan interval (-U), seconds.
 DEFAULT_RESCAN_S = 300
 #: How often idle clients are aged out of the MRU list, seconds.
 MRU_EXPIRE_S = 60.0
-STARTUP_POLLS = 8
 
 
 @dataclass

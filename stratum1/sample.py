@@ -45,3 +45,4 @@ class Measurement:
     local_ns: int  # local clock time the measurement refers to
     jitter: float | None = None  # s, when the source computed it itself
     leap: int = LEAP_NONE
+    span_ns: int = 0  # how long before local_ns the samples averaged into it began

@@ -186,9 +186,9 @@ class SystemProcess:
         # The floor is not applied to refclocks: they sit at stratum 0 by nature.
         if (not a.refclock and a.stratum < tos.floor) or a.stratum >= tos.ceiling:
             return "stratum"
-        if not a.refclock and a.root_distance(now_ns, tos.mindist) >= (
-            tos.maxdist + PHI * 2**a.poll
-        ):
+        # Refclocks too: a unit whose filter holds one sample is ~8 s from the truth on paper,
+        # and a server that answered "synchronised" then would be refused by every client.
+        if a.root_distance(now_ns, tos.mindist) >= tos.maxdist + PHI * 2**a.poll:
             return "distance"
         if not a.refclock and a.stratum > 1 and a.refid in self.local_refids:
             return "loop"

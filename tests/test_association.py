@@ -247,3 +247,15 @@ def test_events_count_and_saturate():
     for i in range(8):
         a.poll_missed(T0 + (i + 1) * 16 * S)
     assert a.last_event == 0x3
+
+
+def test_refclock_window_span_and_spread_are_kept_with_the_sample():
+    a = gps()
+    a.receive(m(offset=0.001, local_ns=T0 - S, jitter=3e-4), T0, span_ns=15 * S)
+    assert a.sample_span_ns == 15 * S and a.sample_ns == T0 - S
+    assert a.newest_jitter == 3e-4
+    newest = a.newest_sample()
+    assert newest is not None and newest.offset == 0.001 and newest.span_ns == 15 * S
+    # Without an explicit span, none is assumed.
+    a.receive(m(offset=0.002, local_ns=T0 + 15 * S), T0 + 16 * S)
+    assert a.sample_span_ns == 0 and a.newest_jitter is None

@@ -213,3 +213,15 @@ def test_fit_line_recovers_a_line() -> None:
 def test_runs_test() -> None:
     assert runs_ok([1, -1, 1, -1, 1, -1, 1, -1])
     assert not runs_ok([1, 1, 1, 1, 1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1])
+
+
+def test_offset_change_is_the_slew_made_net_of_the_estimated_drift() -> None:
+    clk = SimClock(T0, offset=0.002, freq_ppm=0.0, wander=0.0)
+    d = Discipline(clk)
+    assert d.offset_change(T0, T0 + 10 * NS) == 0.0  # nothing done yet
+    d.update(-0.002, 1e-6, T0, poll=4)
+    clk.advance_to(T0 + 10 * NS)
+    # The 2 ms slew (500 µs/s) is over after 4 s: an offset seen before it moved by -2 ms.
+    change = d.offset_change(T0, T0 + 10 * NS)
+    assert change == pytest.approx(-0.002 - d.frequency_ppm() * 1e-6 * 10, abs=1e-9)
+    assert d.offset_change(T0 + 10 * NS, T0) == 0.0

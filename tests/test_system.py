@@ -74,6 +74,13 @@ def tick_refclock(a, now, offset, jitter=1e-4, leap=LEAP_NONE):
     a.receive(Measurement(offset, 0.0, 0.0, now, jitter, leap), now)
 
 
+def settle(a, now, offset, jitter=1e-4, leap=LEAP_NONE):
+    """Four polls 2 s apart ending at ``now``: a new refclock's filter holds enough samples
+    for its root distance to pass maxdist (one sample alone is ~8 s from the truth)."""
+    for k in (3, 2, 1, 0):
+        tick_refclock(a, now - k * 2 * S, offset, jitter, leap)
+
+
 def burst_server(
     a,
     now,
@@ -146,14 +153,15 @@ def test_gps_refclock_system_snapshot():
     assert snap.offset == pytest.approx(0.0012) and snap.system_peer_id == 1
     assert snap.reference_ns == gps.update_ns
     assert sp.system_peer is gps and gps.tally == "*"
-    assert len(disc.calls) == 8 and disc.calls[-1][0] == pytest.approx(0.0012)
+    # Polls 1-3 leave the filter too empty (root distance > maxdist); 4-8 discipline.
+    assert len(disc.calls) == 5 and disc.calls[-1][0] == pytest.approx(0.0012)
 
 
 def test_refclock_fudged_stratum_adds_one():
     sp = SystemProcess(precision=-20, discipline=None)
     a = refclock(1, name="LOCAL(0)", refid="LOCL", stratum=10, prefer=True)
     sp.add(a)
-    tick_refclock(a, T0, 0.0)
+    settle(a, T0, 0.0)
     snap = sp.update(T0)
     assert (snap.stratum, snap.refid) == (11, b"LOCL")
 
@@ -322,7 +330,7 @@ def test_refclock_leap_warning_wins():
     sp = SystemProcess(precision=-20, discipline=None)
     gps = refclock(1)
     sp.add(gps)
-    tick_refclock(gps, T0, 0.0, leap=LEAP_INSERT)
+    settle(gps, T0, 0.0, leap=LEAP_INSERT)
     assert sp.update(T0).leap == LEAP_INSERT
 
 
@@ -331,7 +339,7 @@ def test_discipline_actions():
     sp = SystemProcess(precision=-20, discipline=disc)
     gps = refclock(1, prefer=True, maxpoll=8)
     sp.add(gps)
-    tick_refclock(gps, T0, 0.5)
+    settle(gps, T0, 0.5)
     snap = sp.update(T0)
     assert sp.last_action == "ignore" and not snap.synchronized
     assert gps.sys_poll == 7 and sp.sys_poll == 7
@@ -339,7 +347,7 @@ def test_discipline_actions():
     snap = sp.update(T0 + 16 * S)
     assert sp.last_action == "step" and snap.refid == STEP_REFID and not snap.synchronized
     assert gps.epoch_ns == 0 and sp.system_peer is None  # filters start afresh
-    tick_refclock(gps, T0 + 32 * S, 0.0)
+    settle(gps, T0 + 32 * S, 0.0)
     snap = sp.update(T0 + 32 * S)
     assert snap.synchronized and snap.poll == 7
 
@@ -349,7 +357,7 @@ def test_discipline_is_fed_only_new_samples():
     sp = SystemProcess(precision=-20, discipline=disc)
     gps = refclock(1)
     sp.add(gps)
-    tick_refclock(gps, T0, 0.0)
+    settle(gps, T0, 0.0)
     sp.update(T0)
     sp.update(T0 + S)
     sp.update(T0 + 2 * S)
@@ -360,7 +368,7 @@ def test_panic_is_reported_not_applied():
     sp = SystemProcess(precision=-20, discipline=FakeDiscipline(actions=["panic"]))
     gps = refclock(1)
     sp.add(gps)
-    tick_refclock(gps, T0, 5000.0)
+    settle(gps, T0, 5000.0)
     snap = sp.update(T0)
     assert sp.panic and not snap.synchronized
 
@@ -369,7 +377,7 @@ def test_losing_all_sources_keeps_last_values_and_dispersion_ages():
     sp = SystemProcess(precision=-20, discipline=None)
     gps = refclock(1)
     sp.add(gps)
-    tick_refclock(gps, T0, 0.0)
+    settle(gps, T0, 0.0)
     snap = sp.update(T0)
     now = T0
     for _ in range(8):
@@ -393,7 +401,7 @@ def test_local_clock_is_a_fallback_after_orphanwait():
     gps.poll_missed(now)
     assert not sp.update(now).synchronized
     now += 200 * S
-    tick_refclock(local, now, 0.0)
+    settle(local, now, 0.0)
     gps.poll_missed(now)
     snap = sp.update(now)
     assert snap.stratum == 11 and sp.system_peer is local
@@ -418,8 +426,8 @@ def test_local_clock_yields_to_a_real_source():
     gps = refclock(2)
     sp.add(local)
     sp.add(gps)
-    tick_refclock(local, T0, 0.0)
-    tick_refclock(gps, T0, 0.3, jitter=0.001)
+    settle(local, T0, 0.0)
+    settle(gps, T0, 0.3, jitter=0.001)
     sp.update(T0)
     assert sp.system_peer is gps and local.tally == " "
 
@@ -469,7 +477,7 @@ def test_orphan_mode_gives_way_to_a_real_source():
     assert sp.orphan_parent
     gps = refclock(1)
     sp.add(gps)
-    tick_refclock(gps, T0 + S, 0.0)
+    settle(gps, T0 + S, 0.0)
     snap = sp.update(T0 + S)
     assert not sp.orphan_parent and snap.stratum == 1
 
@@ -567,6 +575,7 @@ def test_refclock_window_span_reaches_the_discipline():
     sp = SystemProcess(precision=-20, discipline=disc)
     gps = refclock(1)
     sp.add(gps)
+    settle(gps, T0 - 2 * S, 0.001)
     gps.receive(Measurement(0.001, 0.0, 1e-4, T0 - S, 4e-4), T0, span_ns=15 * S)
     sp.update(T0)
     assert disc.kwargs[-1]["span_ns"] == 15 * S

@@ -389,6 +389,7 @@ class RefclockUnit:
             local_ns=stored[-1].local_ns,
             jitter=red.jitter,
             leap=leap,
+            span_ns=stored[-1].local_ns - stored[0].local_ns,
         )
 
     def _write_clockstats(self, now_ns: int) -> None:

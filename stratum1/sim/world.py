@@ -13,7 +13,7 @@ import math
 import random
 from dataclasses import dataclass, field
 
-from ..association import Association
+from ..association import STARTUP_POLL_S, STARTUP_POLLS, Association
 from ..discipline import Discipline
 from ..leap import LeapScheduler
 from ..leapfile import LeapTable
@@ -22,10 +22,6 @@ from ..refclock.filter import reduce_offsets
 from ..sample import LEAP_NONE, Measurement
 from ..system import SystemProcess
 from .clock import SimClock
-
-#: The daemon's refclock start-up polling (stratum1.daemon): every 2 s for the first 8 polls.
-STARTUP_POLL_S = 2
-STARTUP_POLLS = 8
 
 
 @dataclass

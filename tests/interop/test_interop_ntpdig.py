@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import re
 
-import pytest
 from interop_support import (
     LI_UNSYNC,
     LOCAL_CONF,
@@ -33,8 +32,6 @@ def test_raw_reply_is_stratum_11_locl(local_daemon):
     assert reply.root_distance <= MAXDIST
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon declares sync (LI 0) while its root "
-                   "dispersion is still ~8 s; RFC 5905 selection takes no source past MAXDIST")
 def test_first_synchronised_reply_is_within_maxdist(start_daemon):
     # A server whose first "synchronised" answers carry a root distance no client accepts
     # makes chronyd -Q and ntpd clients give up on it for its first seconds.

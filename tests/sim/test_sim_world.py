@@ -112,3 +112,14 @@ def test_random_walk_has_the_configured_size() -> None:
         ends.append(c.osc_ppm * 1e-6)
     rms = (sum(x * x for x in ends) / len(ends)) ** 0.5
     assert 0.7e-8 < rms < 1.3e-8  # 1e-9 * sqrt(100 s)
+
+
+def test_network_client_with_iburst_converges_and_keeps_polling() -> None:
+    w = World(seed=3, start_ns=START_NS)
+    d = Discipline(w.clock, minpoll=4, maxpoll=4)
+    s = run(w, d, servers=[ServerModel("server", iburst=True)], seconds=900, mode="system",
+            settle_s=600)
+    assert s.t100 is not None
+    assert s.max < 100e-6
+    assert s.tallies["server"] == "*"
+    assert "step" not in s.actions and s.actions.get("slew", 0) > 8
