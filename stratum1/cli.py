@@ -32,6 +32,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-discipline", action="store_true", help="serve time but never adjust the clock")
     p.add_argument("--listen", action="append", metavar="ADDR:PORT", default=[],
                    help="serve on this address and port instead of port 123 everywhere (repeatable)")
+    p.add_argument("--metrics", metavar="ADDR:PORT",
+                   help="serve Prometheus metrics at http://ADDR:PORT/metrics (needs prometheus-client)")
     p.add_argument("--demo", action="store_true",
                    help=f"run on the simulated GPS+PPS receiver, serving on {DEMO_LISTEN}, clock untouched")
 
@@ -58,6 +60,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("server", help="HOST, HOST:PORT or [IPv6]:PORT")
     q.add_argument("-n", dest="count", type=int, default=1, help="number of queries (1 s apart)")
     q.add_argument("-t", dest="timeout", type=float, default=2.0, help="seconds to wait for each reply")
+
+    from .status import add_arguments as add_status_arguments
+
+    status = sub.add_parser("status", help="is the server synchronised? (exit 0 yes, 1 no, 2 unknown)")
+    add_status_arguments(status)
+    peers = sub.add_parser("peers", help="the sources, as ntpq -p shows them")
+    add_status_arguments(peers)
 
     sub.add_parser("version", help="print the version")
     return parser
@@ -98,6 +107,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .query import main as query_main
 
         return query_main(args.server, args.count, args.timeout)
+    if args.command in ("status", "peers"):
+        from .status import main_peers, main_status
+
+        return (main_status if args.command == "status" else main_peers)(args)
     if args.command == "run":
         from .daemon import run_from_args
 

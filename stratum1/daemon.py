@@ -56,6 +56,7 @@ class RunOptions:
     ipv6_only: bool = False
     debug: int = 0
     demo: bool = False
+    metrics: str | None = None
     update_interval: int | None = None  # -U: interface rescan, s (0: never)
 
 
@@ -93,6 +94,7 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         debug=args.debug,
         demo=args.demo,
         update_interval=args.update_interval,
+        metrics=getattr(args, "metrics", None),
     )
     opts.listen = [parse_listen(s) for s in args.listen]
     for name in ("driftfile", "statsdir", "keys", "logfile", "pidfile"):
@@ -175,11 +177,16 @@ class Daemon:
         self.auth: Any = None
         self._mru_timer: Timer | None = None
         self.hotplug: Any = None
+        self.stats: Any = None
+        self.metrics: Any = None
+        self._stats_timer: Timer | None = None
+        self.started_ns = clock.now_ns()
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
         self._build_access(self.config)
         self._build_system()
+        self._start_stats()
         self._open_servers()
         self._start_sources(self.config)
         self._tick = self.loop.call_every(1.0, self.housekeeping)
@@ -272,6 +279,25 @@ class Daemon:
         limiter = self.access.limiter
         if limiter is not None:
             limiter.expire(self.clock.now_ns())
+
+    def _start_stats(self) -> None:
+        from .stats import StatsWriter, SysCounters
+
+        self.stats = StatsWriter(self.config, self.clock)
+        self._stats_timer = self.stats.attach(
+            self.loop, lambda: SysCounters.from_server_stats(s.stats for s in self.servers))
+        if self.opts.metrics:
+            # Metrics are a diagnostic: without them the server must still serve time.
+            try:
+                from .metrics import daemon_state, start_metrics
+
+                self.metrics = start_metrics(
+                    self.loop, self.opts.metrics, lambda: daemon_state(self, self.started_ns)
+                )
+            except ImportError:
+                log.error("--metrics needs prometheus-client (pip install stratum1[metrics])")
+            except (OSError, ValueError) as exc:
+                log.error("metrics endpoint %s not started: %s", self.opts.metrics, exc)
 
     def _kernel_leap(self) -> bool:
         """The kernel inserts the leap second when we discipline through it."""
@@ -410,6 +436,7 @@ class Daemon:
     def _after_update(self) -> None:
         system = self.system
         self._publish()
+        self.stats.record_loop(self.clock.now_ns(), system.snapshot, self.discipline)
         if system.panic and not self.opts.allow_big_step:
             log.error(
                 "time offset exceeds the panic threshold: set the clock by hand or start with -g;"
@@ -484,6 +511,7 @@ class Daemon:
             self._stop_sources()
             self._start_sources(new)
         self._load_leapfile(new.leapfile)
+        self.stats.reconfigure(new)
         self.config = new
         self._open_servers()
         log.info("configuration reloaded")
@@ -499,7 +527,11 @@ class Daemon:
         return self.exit_code
 
     def close(self) -> None:
-        for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer):
+        if self.metrics is not None:
+            self.metrics.close()
+        if self.stats is not None:
+            self.stats.close()
+        for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer, self._stats_timer):
             if timer is not None:
                 timer.cancel()
         self._stop_sources()
@@ -517,7 +549,8 @@ class _RefclockSource:
 
         self.daemon = daemon
         self.unit = RefclockUnit(
-            config, daemon.loop, daemon.clock, pulse_reference=daemon.pulse_reference
+            config, daemon.loop, daemon.clock, pulse_reference=daemon.pulse_reference,
+            clockstats=daemon.stats.clockstats_sink,
         )
         unit = self.unit
         self.association = Association(
@@ -559,6 +592,7 @@ class _RefclockSource:
             self.association.receive(
                 m, now, stratum=self.unit.stratum, leap=m.leap, root_dispersion=self.unit.rootdisp
             )
+            self.daemon.stats.record_peer(now, self.association, address=self.unit.address)
         self.daemon.source_polled()
         self._schedule()
 
@@ -598,14 +632,34 @@ def has_cap_sys_time() -> bool:
     return os.geteuid() == 0
 
 
+class _JournalFormatter(logging.Formatter):
+    """``<priority>name: message`` for journald; each traceback line carries the prefix too."""
+
+    PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        prefix = f"<{self.PRIORITY.get(record.levelno, 6)}>"
+        text = f"{record.name}: {record.getMessage()}"
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return "\n".join(prefix + line for line in text.splitlines())
+
+
 def setup_logging(opts: RunOptions) -> None:
     level = logging.DEBUG if opts.debug else logging.INFO
     handler: logging.Handler
     if opts.logfile:
         handler = logging.FileHandler(opts.logfile)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"))
     else:
         handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"))
+        if os.environ.get("JOURNAL_STREAM"):
+            # stderr goes to the journal: it adds time and pid, and a "<N>" prefix
+            # (sd-daemon(3)) files each line at its priority (journalctl -p warning).
+            handler.setFormatter(_JournalFormatter())
+        else:
+            handler.setFormatter(logging.Formatter("%(asctime)s %(name)s[%(process)d]: %(levelname)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -184,3 +184,36 @@ def test_tells_systemd_when_ready_and_when_synchronised(tmp_path, monkeypatch):
     finally:
         _stop(d, thread)
         sock.close()
+
+
+def test_statistics_files_and_metrics_endpoint(tmp_path, monkeypatch):
+    import urllib.request
+
+    pytest.importorskip("prometheus_client", reason="pip package prometheus-client")
+    stats = tmp_path / "stats"
+    stats.mkdir()
+    monkeypatch.setattr(daemon_mod, "STARTUP_POLL_S", 0.05)
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(
+        LOCAL_CONF + f"statsdir {stats}/\nstatistics loopstats peerstats clockstats sysstats\n"
+        "filegen peerstats type none enable\n"
+    )
+    args = build_parser().parse_args(
+        ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0",
+         "--metrics", "127.0.0.1:0"]
+    )
+    opts = options_from_args(args)
+    d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
+    d.start()
+    thread = threading.Thread(target=d.run, daemon=True)
+    thread.start()
+    try:
+        _wait_synchronised(d.servers[0].address)
+        host, port = d.metrics.bound_address[:2]
+        text = urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=3).read().decode()
+        assert "stratum1_system_synchronized 1.0" in text
+        d.stats.flush()
+        peer_lines = (stats / "peerstats").read_text().splitlines()
+        assert peer_lines and peer_lines[0].split()[2] == "127.127.1.0"
+    finally:
+        _stop(d, thread)
