@@ -29,6 +29,7 @@ from .control import (
     parse_varlist,
 )
 from .ntptime import NTP_UNIX_OFFSET_S
+from .query import split_hostport
 
 EXIT_SYNCHRONISED = 0
 EXIT_UNSYNCHRONISED = 1
@@ -418,13 +419,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _split_host(host: str, port: int | None) -> tuple[str, int]:
-    if host.startswith("["):
-        h, _, rest = host[1:].partition("]")
-        return h, port or (int(rest[1:]) if rest.startswith(":") else DEFAULT_PORT)
-    if host.count(":") == 1:
-        h, _, p = host.partition(":")
-        return h, port or int(p)
-    return host, port or DEFAULT_PORT
+    h, p = split_hostport(host, DEFAULT_PORT)
+    return h, port or p
 
 
 def _query(args: argparse.Namespace) -> tuple[ServerView | None, str]:
