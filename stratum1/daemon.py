@@ -12,11 +12,11 @@ import logging
 import os
 import signal
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .association import STARTUP_POLL_S, STARTUP_POLLS
+from .atomicfile import write_atomically
 from .clock import Clock, FrozenDisciplineClock, SystemClock
 from .eventloop import EventLoop, Timer
 from .sdnotify import Notifier
@@ -135,18 +135,7 @@ def load_config(opts: RunOptions) -> Any:
 
 def write_pidfile(path: str) -> None:
     """Write our pid atomically (temporary file + rename)."""
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".pid.", dir=directory)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomically(path, f"{os.getpid()}\n")
 
 
 class Daemon:

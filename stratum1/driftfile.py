@@ -10,9 +10,9 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 from pathlib import Path
 
+from .atomicfile import write_atomically
 from .ntptime import NS_PER_S
 
 log = logging.getLogger(__name__)
@@ -69,31 +69,7 @@ def write_drift(path: str | os.PathLike[str], ppm: float) -> None:
     if not math.isfinite(ppm):
         raise ValueError("frequency must be finite")
     ppm = max(-MAX_PPM, min(MAX_PPM, ppm))
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="ascii") as f:
-            f.write(f"{ppm:.3f}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    try:
-        dirfd = os.open(target.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dirfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dirfd)
+    write_atomically(path, f"{ppm:.3f}\n")
 
 
 class DriftFile:
