@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -29,6 +30,8 @@ DEMO_CONFIG = """\
 refclock sim unit 0 flag1 1 minpoll 4 maxpoll 4 prefer refid GPS
 """
 DEMO_LISTEN = "127.0.0.1:11123"
+#: How errors in lines added with ``ntpq :config`` are located.
+RUNTIME_SOURCE = "<ntpq :config>"
 
 #: The LOCAL driver's type: only a fallback, as in ntpd.
 LOCAL_CLOCK_TYPE = 1
@@ -112,12 +115,17 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
     return opts
 
 
-def load_config(opts: RunOptions) -> Any:
-    """Parse the configuration; raise ConfigError listing every error."""
+def load_config(opts: RunOptions, runtime_lines: Sequence[str] = ()) -> Any:
+    """Parse the configuration (plus lines added at run time with ``ntpq :config``); raise
+    ConfigError listing every error."""
     from .config.diagnostics import ConfigError
     from .config.parser import parse_file, parse_text, with_overrides
 
-    if opts.config_text is not None:
+    if runtime_lines:
+        # The file (or the demo text) first, then the run-time lines, through the one parser.
+        base = opts.config_text or f'includefile "{os.path.abspath(str(opts.conffile))}"\n'
+        config, diagnostics = parse_text(base + "\n".join(runtime_lines) + "\n", RUNTIME_SOURCE)
+    elif opts.config_text is not None:
         config, diagnostics = parse_text(opts.config_text, "<demo>")
     else:
         assert opts.conffile is not None
@@ -163,6 +171,7 @@ class Daemon:
         self.notifier = Notifier()
         self.control: Any = None
         self.access: Any = None
+        self.runtime_lines: list[str] = []
         self.auth: Any = None
         self._mru_timer: Timer | None = None
         self.hotplug: Any = None
@@ -264,6 +273,15 @@ class Daemon:
         """The servers' MAC hook: a signer for the request's key, or None (crypto-NAK)."""
         return self.auth(covered, mac, host)
 
+    def authenticate_control(self, covered: bytes, mac: bytes) -> Any:
+        """Mode-6 writes (``:config``) are signed with the ``controlkey`` and no other key."""
+        from .packet import Mac
+
+        keyid = int.from_bytes(mac[:4], "big")
+        if self.config.controlkey is None or keyid != self.config.controlkey:
+            return None
+        return self.auth(covered, Mac(keyid, bytes(mac[4:])), "")
+
     def _expire_mru(self) -> None:
         limiter = self.access.limiter
         if limiter is not None:
@@ -337,7 +355,10 @@ class Daemon:
             from .mrulist import MruList
 
             self.control = Control(
-                DaemonView(self), mru=MruList(lambda: self.access.mru_entries())
+                DaemonView(self),
+                mru=MruList(lambda: self.access.mru_entries()),
+                authenticate=self.authenticate_control,
+                configure=self.configure,
             )
         wanted = dict(self._bindings())
         for address, (server, drop) in list(self._bound.items()):
@@ -474,28 +495,50 @@ class Daemon:
     # -- control ------------------------------------------------------------------------------
     def reload(self) -> None:
         """SIGHUP: re-read the configuration; on any error keep running the current one."""
-        from .config.diagnostics import ConfigError
-
         log.info("reloading configuration")
         self.notifier.send(reloading=1)
+        problem = self._reconfigure(self.runtime_lines)
+        if problem is None:
+            log.info("configuration reloaded")
+            self.notifier.send(ready=1, status=self.status_line())
+        else:
+            log.error("reload failed: keeping the running configuration")
+            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
+
+    def configure(self, text: str, address: tuple) -> str:
+        """``ntpq :config``: add configuration lines at run time (the control key signed the
+        request; ``restrict nomodify`` still refuses it). Answers ntpd's words."""
+        from .control import OP_CONFIGURE
+        from .restrict import control_allowed
+
+        if not control_allowed(self.access.flags_for(address[0], address[1]), OP_CONFIGURE):
+            return "Config Failed: restricted (nomodify)"
+        lines = self.runtime_lines + [line for line in text.splitlines() if line.strip()]
+        problem = self._reconfigure(lines)
+        if problem is not None:
+            return f"Config Failed: {problem}"
+        log.info("run-time configuration from %s: %s", address[0], text.strip())
+        self.runtime_lines = lines
+        return "Config Succeeded"
+
+    def _reconfigure(self, runtime_lines: Sequence[str]) -> str | None:
+        """Parse and apply a new configuration; on any problem change nothing and say why."""
+        from .config.diagnostics import ConfigError
+
         try:
-            new = load_config(self.opts)
+            new = load_config(self.opts, runtime_lines)
         except ConfigError as exc:
             for d in exc.diagnostics:
                 log.error("%s", d)
-            log.error("reload failed: keeping the running configuration")
-            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
-            return
+            return "; ".join(str(d) for d in exc.diagnostics)
         except OSError as exc:
-            log.error("reload failed (%s): keeping the running configuration", exc)
-            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
-            return
+            log.error("cannot read the configuration: %s", exc)
+            return str(exc)
         try:
             self._build_access(new)
         except Exception as exc:  # an unreadable keys file: keep everything as it was
-            log.error("reload failed (%s): keeping the running configuration", exc)
-            self.notifier.send(ready=1, status="reload failed: " + self.status_line())
-            return
+            log.error("%s", exc)
+            return str(exc)
         if new.refclocks != self.config.refclocks:
             self._stop_sources()
             self._start_sources(new)
@@ -503,8 +546,7 @@ class Daemon:
         self.stats.reconfigure(new)
         self.config = new
         self._open_servers()
-        log.info("configuration reloaded")
-        self.notifier.send(ready=1, status=self.status_line())
+        return None
 
     def stop(self) -> None:
         log.info("exiting")

@@ -126,3 +126,42 @@ def test_authenticated_requests_get_signed_replies_and_unknown_keys_a_crypto_nak
         mac = struct.pack("!I", keyid) + hashlib.md5(secret + packet).digest()
         nak = exchange(server, "127.0.0.1", packet + mac)
         assert nak is not None and len(nak) == 52 and nak[48:] == bytes(4)
+
+
+def _control_request(opcode, payload=b"", mac_key=None, keyid=0):
+    """A mode-6 request as ntpq builds it: payload padded to 8 before a MAC of the key."""
+    data = struct.pack("!BBHHHHH", (2 << 3) | 6, opcode, 9, 0, 0, 0, len(payload)) + payload
+    if mac_key is None:
+        return data + bytes(-len(data) % 4)
+    data += bytes(-len(data) % 8)
+    return data + struct.pack("!I", keyid) + hashlib.md5(mac_key + data).digest()
+
+
+def _control_text(reply):
+    count = struct.unpack_from("!H", reply, 10)[0]
+    return reply[12 : 12 + count]
+
+
+def test_ntpq_config_needs_the_control_key_and_applies_lines(run_daemon, tmp_path):
+    keys = tmp_path / "ntp.keys"
+    keys.write_text("1 MD5 timekeeper\n2 MD5 clientkey\n")
+    _, server = run_daemon(
+        LOCAL + f"keys {keys}\ntrustedkey 1 2\ncontrolkey 1\nrestrict 127.0.0.34 nomodify\n"
+    )
+    wait_served(server)
+    line = b"restrict 127.0.0.32 ignore"
+    # Unsigned, or signed with a key that is not the control key: refused.
+    for req in (_control_request(8, line), _control_request(8, line, b"clientkey", 2)):
+        reply = exchange(server, "127.0.0.33", req)
+        assert reply is not None and reply[1] & 0x40  # error bit
+    assert exchange(server, "127.0.0.32", request()) is not None
+    # From a nomodify host even the control key does not change anything.
+    reply = exchange(server, "127.0.0.34", _control_request(8, line, b"timekeeper", 1))
+    assert b"Config Failed" in _control_text(reply)
+    # A broken line changes nothing and says why.
+    reply = exchange(server, "127.0.0.33", _control_request(8, b"frobnicate 3", b"timekeeper", 1))
+    assert b"Config Failed" in _control_text(reply) and b"frobnicate" in _control_text(reply)
+    reply = exchange(server, "127.0.0.33", _control_request(8, line, b"timekeeper", 1))
+    assert _control_text(reply) == b"Config Succeeded"
+    assert exchange(server, "127.0.0.32", request()) is None  # the new restrict line applies
+    assert exchange(server, "127.0.0.33", request()) is not None
