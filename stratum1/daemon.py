@@ -172,6 +172,7 @@ class Daemon:
         self.control: Any = None
         self.access: Any = None
         self.runtime_lines: list[str] = []
+        self._reachable: dict[int, bool] = {}
         self.auth: Any = None
         self._mru_timer: Timer | None = None
         self.hotplug: Any = None
@@ -426,8 +427,17 @@ class Daemon:
         """Numbers PPS pulses from the system clock while it is synchronised."""
         return local_ns if self.snapshot.synchronized else None
 
-    def source_polled(self) -> None:
-        """A source has new data: run selection and the discipline, publish the snapshot."""
+    def source_polled(self, association: Any = None) -> None:
+        """A source was polled: log when it becomes reachable or unreachable, run selection
+        and the discipline, publish the snapshot."""
+        if association is not None:
+            reachable = association.reach != 0
+            if reachable != self._reachable.get(association.assoc_id, False):
+                if reachable:
+                    log.info("%s reachable", association.name)
+                else:
+                    log.warning("%s unreachable (reach 0)", association.name)
+                self._reachable[association.assoc_id] = reachable
         self.system.update(self.clock.now_ns())
         self._after_update()
 
@@ -624,7 +634,7 @@ class _RefclockSource:
                 m, now, stratum=self.unit.stratum, leap=m.leap, root_dispersion=self.unit.rootdisp
             )
             self.daemon.stats.record_peer(now, self.association, address=self.unit.address)
-        self.daemon.source_polled()
+        self.daemon.source_polled(self.association)
         self._schedule()
 
     def stop(self) -> None:

@@ -73,7 +73,8 @@ def _wait_synchronised(address, timeout=10.0):
     raise AssertionError("daemon never synchronised")
 
 
-def test_serves_local_clock_at_fudged_stratum_plus_one(tmp_path, monkeypatch):
+def test_serves_local_clock_at_fudged_stratum_plus_one(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="stratum1")
     d, thread, _ = _start(tmp_path, monkeypatch)
     try:
         address = d.servers[0].address
@@ -83,6 +84,9 @@ def test_serves_local_clock_at_fudged_stratum_plus_one(tmp_path, monkeypatch):
         assert abs(r.offset) < 0.001
     finally:
         _stop(d, thread)
+    # One line per state change, never one per poll or packet.
+    assert caplog.text.count("127.127.1.0 reachable") == 1
+    assert caplog.text.count("synchronised to 127.127.1.0") == 1
 
 
 def test_reload_with_errors_keeps_running_config(tmp_path, monkeypatch, caplog):
