@@ -7,9 +7,15 @@ that stamp is the reply's receive timestamp.
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import importlib.util
+import os
 import socket
 import struct
+import sys
 from dataclasses import dataclass
+from typing import Any
 
 # <asm-generic/socket.h> (x86, arm, arm64, riscv: the architectures we run on).
 SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
@@ -181,3 +187,207 @@ def send(sock: socket.socket, data: bytes, address: tuple, cmsg: Cmsg | None = N
         sock.sendto(data, address)
     else:
         sock.sendmsg([data], [cmsg], 0, address)
+
+
+# -- batches: recvmmsg/sendmmsg through ctypes, buffers viewed as numpy arrays ---------------------
+class _Iovec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("name", ctypes.c_void_p),
+        ("namelen", ctypes.c_uint32),
+        ("iov", ctypes.c_void_p),
+        ("iovlen", ctypes.c_size_t),
+        ("control", ctypes.c_void_p),
+        ("controllen", ctypes.c_size_t),
+        ("flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("hdr", _Msghdr), ("len", ctypes.c_uint)]
+
+
+class _TimestampCmsg(ctypes.Structure):
+    """A cmsghdr carrying scm_timestamping in the old (native long) layout we ask for."""
+
+    _fields_ = [
+        ("len", ctypes.c_size_t),
+        ("level", ctypes.c_int),
+        ("type", ctypes.c_int),
+        ("ts", ctypes.c_long * 6),
+    ]
+
+
+_NAMESIZE = 32  # sockaddr_in6 (28) rounded up
+_CTRLSIZE = 128  # a timestamping cmsg (64) and a packet-info one (32)
+_TS_CMSG_LEN = socket.CMSG_LEN(6 * ctypes.sizeof(ctypes.c_long))
+_EAGAIN_LIKE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR))
+
+
+def _libc_mmsg() -> tuple[Any, Any] | None:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        recvmmsg, sendmmsg = libc.recvmmsg, libc.sendmmsg
+    except (OSError, AttributeError):
+        return None
+    recvmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int,
+                         ctypes.c_void_p]  # fmt: skip
+    recvmmsg.restype = ctypes.c_int
+    sendmmsg.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+    sendmmsg.restype = ctypes.c_int
+    return recvmmsg, sendmmsg
+
+
+def batch_supported() -> bool:
+    """True where ``MmsgBatch`` works: Linux libc with recvmmsg/sendmmsg, and numpy."""
+    return _libc_mmsg() is not None and importlib.util.find_spec("numpy") is not None
+
+
+class MmsgBatch:
+    """Preallocated recvmmsg/sendmmsg vectors for one socket, reused for every batch.
+
+    Datagram ``i`` of a batch lives in ``data[i]`` (numpy uint8 rows, written in place to make
+    its reply), its sender in ``names[i]`` and its ancillary data in ``ctrl[i]``; ``hdr`` is
+    the numpy view of the ``struct mmsghdr`` vector (``hdr["len"]``: bytes received).
+    """
+
+    def __init__(self, capacity: int = 64, bufsize: int = 2048) -> None:
+        import numpy as np
+
+        calls = _libc_mmsg()
+        if calls is None:
+            raise OSError(errno.ENOSYS, "recvmmsg/sendmmsg are not available")
+        self._recvmmsg, self._sendmmsg = calls
+        self.capacity, self.bufsize = capacity, bufsize
+        self.data = np.zeros((capacity, bufsize), np.uint8)
+        self.names = np.zeros((capacity, _NAMESIZE), np.uint8)
+        self.ctrl = np.zeros((capacity, _CTRLSIZE), np.uint8)
+        self.iov = np.zeros(capacity, np.dtype(_Iovec))
+        self.hdr = np.zeros(capacity, np.dtype(_Mmsghdr))
+        self._out = np.zeros(capacity, np.dtype(_Mmsghdr))  # a compacted vector to send
+        stamp = self.ctrl[:, : ctypes.sizeof(_TimestampCmsg)].view(np.dtype(_TimestampCmsg))[:, 0]
+        self.iov["base"] = self.data.ctypes.data + bufsize * np.arange(capacity, dtype=np.uint64)
+        msg = self.hdr["hdr"]
+        msg["name"] = self.names.ctypes.data + _NAMESIZE * np.arange(capacity, dtype=np.uint64)
+        msg["iov"] = self.iov.ctypes.data + self.iov.itemsize * np.arange(capacity, dtype=np.uint64)
+        msg["iovlen"] = 1
+        msg["control"] = self.ctrl.ctypes.data + _CTRLSIZE * np.arange(capacity, dtype=np.uint64)
+        # Field views made once: numpy's structured-field lookup costs more than the work.
+        self.msg_len = self.hdr["len"]
+        self._namelen = msg["namelen"]
+        self._controllen = msg["controllen"]
+        self._flags = msg["flags"]
+        self._iovlen = self.iov["len"]
+        self._out_controllen = self._out["hdr"]["controllen"]
+        self._cm_len, self._cm_level, self._cm_type = stamp["len"], stamp["level"], stamp["type"]
+        #: Each datagram's bytes as big-endian 64-bit words (word 5 = bytes 40-47, and so on).
+        self.be64 = self.data.view(">u8")
+        #: 0, 1, 2, ... as floats: a datagram's place in a batch.
+        self.steps = np.arange(capacity, dtype=np.float64)
+        #: The kernel's software receive stamp of each datagram: seconds and nanoseconds.
+        self.rx_sec, self.rx_nsec = stamp["ts"][:, 0], stamp["ts"][:, 1]
+        self._hdr_at, self._out_at = self.hdr.ctypes.data, self._out.ctypes.data
+        self.reset(capacity)
+
+    def reset(self, count: int) -> None:
+        """Make the first ``count`` slots ready to receive again."""
+        self._iovlen[:count] = self.bufsize
+        self._namelen[:count] = _NAMESIZE
+        self._controllen[:count] = _CTRLSIZE
+
+    def receive(self, fd: int) -> int:
+        """One recvmmsg of up to ``capacity`` datagrams; 0 when the socket is drained."""
+        got = self._recvmmsg(fd, self._hdr_at, self.capacity, socket.MSG_DONTWAIT, None)
+        if got < 0:
+            err = ctypes.get_errno()
+            if err in _EAGAIN_LIKE:
+                return 0
+            raise OSError(err, os.strerror(err))
+        return got
+
+    def stamped(self, count: int) -> Any:
+        """Which of the first ``count`` datagrams carry a software receive stamp first in the
+        layout ``rx_sec``/``rx_nsec`` read (the others need the per-datagram parser)."""
+        return (
+            (self._cm_len[:count] == _TS_CMSG_LEN)
+            & (self._cm_type[:count] == SO_TIMESTAMPING)
+            & (self._cm_level[:count] == socket.SOL_SOCKET)
+            & (self._controllen[:count] >= _TS_CMSG_LEN)
+        )
+
+    def datagram(self, i: int) -> Datagram:
+        """Slot ``i`` as a plain Datagram (for the per-datagram path)."""
+        length = self.msg_len.item(i)
+        ancdata = _parse_cmsgs(self.ctrl[i, : self._controllen.item(i)].tobytes())
+        return Datagram(
+            self.data[i, : min(length, self.bufsize)].tobytes(),
+            self.address(i),
+            rx_timestamp(ancdata),
+            bool(self._flags.item(i) & socket.MSG_TRUNC),
+            reply_cmsg(ancdata) if ancdata else None,
+        )
+
+    def address(self, i: int) -> tuple:
+        return sockaddr_to_tuple(self.names[i, : self._namelen.item(i)].tobytes())
+
+    def send(self, fd: int, slots: Any, length: int) -> tuple[int, int]:
+        """sendmmsg the first ``length`` bytes of the given slots (``count`` for the first
+        ``count``, or an index array) back to their senders; returns (sent, failed). Bounded:
+        a failing datagram is skipped, never retried. Call ``reset`` before receiving again."""
+        if isinstance(slots, int):
+            count, base = slots, self._hdr_at
+            self._controllen[:count] = 0
+        else:
+            count, base = len(slots), self._out_at
+            self._out[:count] = self.hdr[slots]
+            self._out_controllen[:count] = 0
+        if count == 0:
+            return 0, 0
+        self._iovlen[:] = length
+        size = self.hdr.itemsize
+        sent = failed = pos = 0
+        while pos < count:
+            done = self._sendmmsg(fd, base + pos * size, count - pos, 0)
+            if done < 0:
+                err = ctypes.get_errno()
+                if err in _EAGAIN_LIKE:
+                    failed += count - pos  # the send buffer is full: shed the rest
+                    break
+                failed += 1  # this destination refused: skip it, send the others
+                pos += 1
+            else:
+                sent += done
+                pos += done
+        return sent, failed
+
+
+def _parse_cmsgs(raw: bytes) -> list[Cmsg]:
+    """Split raw control bytes into (level, type, payload) as socket.recvmsg returns them."""
+    out: list[Cmsg] = []
+    header = struct.Struct("=" + ("Q" if ctypes.sizeof(ctypes.c_size_t) == 8 else "I") + "ii")
+    align = ctypes.sizeof(ctypes.c_size_t)
+    pos = 0
+    while pos + header.size <= len(raw):
+        length, level, kind = header.unpack_from(raw, pos)
+        if length < header.size or pos + length > len(raw):
+            break
+        data_at = pos + ((header.size + align - 1) // align) * align
+        out.append((level, kind, raw[data_at : pos + length]))
+        pos += ((length + align - 1) // align) * align
+    return out
+
+
+def sockaddr_to_tuple(raw: bytes) -> tuple:
+    """A sockaddr_in / sockaddr_in6 as the address tuple the socket module uses."""
+    family = int.from_bytes(raw[:2], sys.byteorder) if len(raw) >= 2 else 0
+    if family == socket.AF_INET and len(raw) >= 8:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET6 and len(raw) >= 24:
+        flowinfo = int.from_bytes(raw[4:8], "big")
+        scope = int.from_bytes(raw[24:28], sys.byteorder) if len(raw) >= 28 else 0
+        return (socket.inet_ntop(socket.AF_INET6, raw[8:24]), int.from_bytes(raw[2:4], "big"),
+                flowinfo, scope)  # fmt: skip
+    raise ValueError(f"unsupported socket address family {family}")

@@ -11,6 +11,7 @@ import logging
 import socket
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from . import netio
 from .clock import Clock
@@ -44,6 +45,8 @@ STRATUM_PKT_UNSPEC = 0
 RECV_BUFSIZE = 2048
 DEFAULT_BATCH = 64
 _DROP_LOG_INTERVAL_NS = 60 * 1_000_000_000
+#: How often the root dispersion in replies is regrown from the snapshot (it ages at 15 PPM).
+TEMPLATE_REFRESH_NS = 1_000_000_000
 _MAX_NTP64 = (1 << 64) - 1
 
 Address = tuple
@@ -86,21 +89,41 @@ class ReplyTemplate:
     """The snapshot's part of every reply, converted to wire values once per snapshot."""
 
     __slots__ = ("leap", "stratum", "precision", "root_delay", "root_dispersion", "refid",
-                 "reference", "min_poll", "snapshot")  # fmt: skip
+                 "reference", "min_poll", "snapshot", "made_ns", "_prefix")  # fmt: skip
 
-    def __init__(self, snapshot: SystemSnapshot, min_poll: int = NTP_MINPOLL) -> None:
+    def __init__(
+        self, snapshot: SystemSnapshot, min_poll: int = NTP_MINPOLL, now_ns: int | None = None
+    ) -> None:
+        """``now_ns`` given: the root dispersion is the snapshot's grown to that time."""
         self.snapshot = snapshot
+        self.made_ns = now_ns
         self.leap = snapshot.leap & 0x03
         stratum = snapshot.stratum
         self.stratum = STRATUM_PKT_UNSPEC if stratum >= STRATUM_UNSYNC or stratum < 0 else stratum
         self.precision = max(-128, min(127, snapshot.precision))
         self.root_delay = _signed_short(snapshot.root_delay)
-        self.root_dispersion = seconds_to_short(snapshot.root_dispersion)
+        self.root_dispersion = seconds_to_short(
+            snapshot.root_dispersion if now_ns is None else snapshot.root_dispersion_at(now_ns)
+        )
         refid = bytes(snapshot.refid[:4])
         self.refid = refid + bytes(4 - len(refid))
         # 0 means "never synchronised" and must stay 0 on the wire, not become 1970.
         self.reference = ns_to_ntp64(snapshot.reference_ns) if snapshot.reference_ns else 0
         self.min_poll = min_poll
+        self._prefix: tuple[int, int, int] | None = None
+
+    @property
+    def min_poll_wire(self) -> int:
+        return max(-128, min(127, self.min_poll))
+
+    def prefix_words(self) -> tuple[int, int, int]:
+        """Bytes 0-23 of every reply as three big-endian 64-bit words (version and poll 0)."""
+        if self._prefix is None:
+            wire = HEADER.pack((self.leap << 6) | MODE_SERVER, self.stratum, 0, self.precision,
+                               self.root_delay, self.root_dispersion, self.refid,
+                               self.reference, 0, 0, 0)  # fmt: skip
+            self._prefix = tuple(int.from_bytes(wire[i : i + 8], "big") for i in (0, 8, 16))
+        return self._prefix
 
     def render(self, version: int, request_poll: int, origin: int, rx_ns: int, tx_ns: int) -> bytes:
         """The 48-byte mode-4 reply to a request of ``version`` whose transmit was ``origin``."""
@@ -228,7 +251,10 @@ class NtpServer:
         rcvbuf: int = netio.DEFAULT_RCVBUF,
         kernel_timestamps: bool = True,
         reuse_port: bool = False,
+        batch: bool | None = None,
     ) -> None:
+        """``batch``: use the recvmmsg/sendmmsg fast path (None: wherever it works, that is
+        with kernel receive stamps, a specific local address, numpy and Linux libc)."""
         self._address = address
         self._get_snapshot = get_snapshot
         self._clock = clock
@@ -242,6 +268,14 @@ class NtpServer:
         # Kernel stamps are CLOCK_REALTIME: only meaningful when the served clock is the system's.
         self._kernel_timestamps = kernel_timestamps
         self._reuse_port = reuse_port
+        self._want_batch = batch
+        self._batch: Any = None  # netio.MmsgBatch while the fast path is on
+        # Estimated time from the transmit-clock read to each datagram of a batch leaving
+        # (ns): the lead before the first and the spacing of the rest.
+        self._tx_lead_ns = 0.0
+        self._tx_step_ns = 0.0
+        self._tx_read_ns = self._tx_built_ns = 0
+        self._busy = False  # the last read found a backlog: use the batch path
         self._sock: socket.socket | None = None
         self._template: ReplyTemplate | None = None
         self._loop: EventLoop | None = None
@@ -258,10 +292,20 @@ class NtpServer:
         self.timestamp_mode = (
             netio.enable_rx_timestamps(sock) if self._kernel_timestamps else netio.TS_CLOCK
         )
-        if netio.is_wildcard(self._address[0]):
+        wildcard = netio.is_wildcard(self._address[0])
+        if wildcard:
             netio.enable_pktinfo(sock)
         self._sock = sock
-        log.info("serving NTP on %s (receive timestamps: %s)", self.address, self.timestamp_mode)
+        want = self._want_batch
+        if want is None:
+            want = (self.timestamp_mode == netio.TS_TIMESTAMPING and not wildcard
+                    and netio.batch_supported())  # fmt: skip
+        if want:
+            if wildcard or self.timestamp_mode != netio.TS_TIMESTAMPING:
+                raise ValueError("batching needs SO_TIMESTAMPING and a specific local address")
+            self._batch = netio.MmsgBatch(self._max_batch, RECV_BUFSIZE)
+        log.info("serving NTP on %s (receive timestamps: %s%s)", self.address,
+                 self.timestamp_mode, ", batched" if self._batch is not None else "")  # fmt: skip
 
     def attach(self, loop: EventLoop) -> None:
         """Open if needed and register with ``loop``."""
@@ -277,6 +321,7 @@ class NtpServer:
             self._loop = None
         self._sock.close()
         self._sock = None
+        self._batch = None
 
     def fileno(self) -> int:
         if self._sock is None:
@@ -291,15 +336,27 @@ class NtpServer:
         return self._sock.getsockname()
 
     # -- the hot path -----------------------------------------------------------------------
+    @property
+    def batched(self) -> bool:
+        """True while the recvmmsg/sendmmsg fast path serves this socket."""
+        return self._batch is not None
+
     def handle_readable(self) -> None:
         """Drain up to ``max_batch`` datagrams and answer each; poll() calls again for more."""
         sock = self._sock
         if sock is None:
             return
+        limit = self._max_batch
+        if self._batch is not None:
+            if self._busy:
+                self._handle_batch(sock, self._batch)
+                return
+            # Quiet: plain recvmsg is cheaper than arrays; a full round means load came back.
+            limit = _SMALL_BATCH
         template = self._current_template()
         now_ns = self._clock.now_ns
         stamped = self.timestamp_mode != netio.TS_CLOCK
-        for _ in range(self._max_batch):
+        for _ in range(limit):
             try:
                 dgram = netio.receive(sock, RECV_BUFSIZE)
             except (BlockingIOError, InterruptedError):
@@ -326,6 +383,132 @@ class NtpServer:
                     self._send(sock, part, dgram.address, dgram.reply_cmsg)
             else:
                 self._send(sock, reply, dgram.address, dgram.reply_cmsg)
+        self._busy = self._batch is not None
+
+    def _handle_batch(self, sock: socket.socket, mm: Any) -> None:
+        """One recvmmsg; plain client requests are answered by array operations in place
+        and leave in one sendmmsg; anything else takes the per-datagram path."""
+        import numpy as np
+
+        try:
+            count = mm.receive(sock.fileno())
+        except OSError as exc:
+            self.stats.recv_errors += 1
+            log.debug("recvmmsg failed: %s", exc)
+            return
+        if count == 0:
+            self._busy = False
+            return
+        try:
+            if count < _SMALL_BATCH:
+                # Load dropped: setting up arrays costs more than it saves; go back to plain.
+                self._busy = False
+                self._batch_slow_path(sock, mm, range(count), {})
+                return
+            template = self._current_template()
+            first = mm.data[:count, 0]
+            version = (first >> 3) & 0x07
+            fast = (
+                (mm.msg_len[:count] == HEADER_LEN)
+                & ((first & 0x07) == MODE_CLIENT)
+                & ((version - VERSION_MIN) <= VERSION_MAX - VERSION_MIN)  # unsigned: 1..4
+                & mm.stamped(count)
+            )
+            verdicts: dict[int, str] = {}
+            if self.access is not serve_all:
+                # Rate limiting and restrict keep per-address state: ask once per datagram.
+                for i in np.flatnonzero(fast).tolist():
+                    rx_ns = int(mm.rx_sec[i]) * 1_000_000_000 + int(mm.rx_nsec[i])
+                    verdict = self.access(mm.address(i), MODE_CLIENT, int(version[i]), rx_ns,
+                                          False)  # fmt: skip
+                    if verdict != SERVE:
+                        fast[i] = False
+                        verdicts[i] = verdict
+            slots: Any = count
+            if not fast.all():
+                self._batch_slow_path(sock, mm, np.flatnonzero(~fast).tolist(), verdicts)
+                slots = np.flatnonzero(fast)
+                if not len(slots):
+                    return
+                version = version[slots]
+            served = len(version)
+            self.stats.received += served
+            newer = int(np.count_nonzero(version == 4))
+            self.stats.new_version += newer
+            self.stats.old_version += served - newer
+            self._render_batch(mm, slice(0, count) if isinstance(slots, int) else slots,
+                               served, template)  # fmt: skip
+            sent, failed = mm.send(sock.fileno(), slots, HEADER_LEN)
+            self._learn_tx_timing(served)
+            self.stats.sent += sent
+            self.stats.replied += sent
+            self.stats.send_errors += failed
+        finally:
+            mm.reset(count)
+
+    def _render_batch(self, mm: Any, rows: Any, count: int, template: ReplyTemplate) -> None:
+        """Turn the requests in ``rows`` into replies in place (48-byte client requests)."""
+        import numpy as np
+
+        words, data = mm.be64, mm.data
+        poll = np.maximum(data[rows, 2].view(np.int8), template.min_poll_wire)
+        vbits = data[rows, 0] & 0x38
+        words[rows, 3] = words[rows, 5]  # origin: the request's transmit timestamp, verbatim
+        w0, w1, w2 = template.prefix_words()
+        words[rows, 0] = w0
+        words[rows, 1] = w1
+        words[rows, 2] = w2
+        data[rows, 0] |= vbits
+        data[rows, 2] = poll.view(np.uint8)
+        seconds = (mm.rx_sec[rows] + _NTP_UNIX_OFFSET_S).astype(np.uint64) << np.uint64(32)
+        words[rows, 4] = seconds + (mm.rx_nsec[rows] * _FRAC_PER_NS + 0.5).astype(np.uint64)
+        # Datagram i leaves some microseconds after the clock is read, and later ones in
+        # the batch later still: stamp each with its predicted departure (as ntpd once added
+        # its measured authentication delay), learned from the previous batches.
+        self._tx_read_ns = now = self._clock.now_ns()
+        sec, nsec = divmod(now, _NS_PER_S)
+        base = np.uint64(((sec + _NTP_UNIX_OFFSET_S) & 0xFFFFFFFF) << 32)
+        frac = mm.steps[:count] * (self._tx_step_ns * _FRAC_PER_NS) + (
+            (nsec + self._tx_lead_ns) * _FRAC_PER_NS + 0.5
+        )
+        words[rows, 5] = frac.astype(np.uint64) + base
+        self._tx_built_ns = self._clock.now_ns()
+
+    def _learn_tx_timing(self, count: int) -> None:
+        done = self._clock.now_ns()
+        build = self._tx_built_ns - self._tx_read_ns
+        spent = done - self._tx_built_ns
+        if not 0 <= build < _TX_SANE_NS or not 0 <= spent < _TX_SANE_NS * count:
+            return  # preempted or the clock stepped: not a sample of the send path
+        step = spent / count
+        # A receiver stamps a datagram about midway through its share of the send.
+        lead = build + step / 2
+        self._tx_step_ns += (step - self._tx_step_ns) * _TX_GAIN
+        self._tx_lead_ns += (lead - self._tx_lead_ns) * _TX_GAIN
+
+    def _batch_slow_path(
+        self, sock: socket.socket, mm: Any, slots: list[int], verdicts: dict[int, str]
+    ) -> None:
+        for i in slots:
+            try:
+                dgram = mm.datagram(i)
+            except ValueError as exc:
+                self.stats.received += 1
+                self._drop("malformed", ("?", 0), str(exc))
+                continue
+            rx_ns = dgram.rx_ns
+            if rx_ns is None:
+                rx_ns = self._clock.now_ns()
+                self.stats.unstamped += 1
+            if dgram.truncated:
+                self.stats.received += 1
+                self._drop("malformed", dgram.address, "longer than the receive buffer")
+                continue
+            reply = self._process(dgram.data, dgram.address, rx_ns, None, verdicts.get(i))
+            if reply is None:
+                continue
+            for part in reply if isinstance(reply, list) else (reply,):
+                self._send(sock, part, dgram.address, dgram.reply_cmsg)
 
     def process(
         self, data: bytes, address: Address, rx_ns: int, template: ReplyTemplate | None = None
@@ -334,6 +517,16 @@ class NtpServer:
 
         Socket-free so that other transports (recvmmsg batches, a simulator) can reuse it.
         """
+        return self._process(data, address, rx_ns, template, None)
+
+    def _process(
+        self,
+        data: bytes,
+        address: Address,
+        rx_ns: int,
+        template: ReplyTemplate | None,
+        verdict: str | None,
+    ) -> bytes | list[bytes] | None:
         self.stats.received += 1
         if template is None:
             template = self._current_template()
@@ -344,7 +537,8 @@ class NtpServer:
         version = (first >> 3) & 0x07
         if mode == MODE_PRIVATE:
             return self._drop("mode7", address, "mode 7")
-        verdict = self.access(address, mode, version, rx_ns, len(data) > HEADER_LEN)
+        if verdict is None:
+            verdict = self.access(address, mode, version, rx_ns, len(data) > HEADER_LEN)
         if verdict == DROP:
             return self._drop("restricted", address, "refused by restrict")
         if mode == MODE_CONTROL:
@@ -428,8 +622,13 @@ class NtpServer:
     def _current_template(self) -> ReplyTemplate:
         snapshot = self._get_snapshot()
         template = self._template
-        if template is None or template.snapshot is not snapshot:
-            template = self._template = ReplyTemplate(snapshot, self._min_poll)
+        now = self._clock.now_ns()
+        if (
+            template is None
+            or template.snapshot is not snapshot
+            or not 0 <= now - template.made_ns < TEMPLATE_REFRESH_NS
+        ):
+            template = self._template = ReplyTemplate(snapshot, self._min_poll, now)
         return template
 
     def _drop(self, reason: str, address: Address, detail: str) -> None:
@@ -444,6 +643,16 @@ class NtpServer:
         else:
             log.debug("dropped a packet from %s (%s: %s)", address, reason, detail)
         return None
+
+
+_NTP_UNIX_OFFSET_S = 2_208_988_800
+_NS_PER_S = 1_000_000_000
+#: Longer than this between clock reads in a batch means we were preempted: learn nothing.
+_TX_SANE_NS = 200_000
+_TX_GAIN = 1 / 16
+#: Fewer datagrams than this in a batch go through the per-datagram path.
+_SMALL_BATCH = 4
+_FRAC_PER_NS = (1 << 32) / _NS_PER_S
 
 
 def _is_mode4(data: bytes) -> bool:

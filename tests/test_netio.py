@@ -3,6 +3,7 @@
 import select
 import socket
 import struct
+import sys
 import time
 
 import pytest
@@ -154,3 +155,49 @@ def test_reuse_port_lets_workers_share_a_port():
             netio.open_udp(("127.0.0.1", port))  # without the option the port is taken
     finally:
         first.close()
+
+
+def test_sockaddr_to_tuple_v4_v6_and_junk():
+    v4 = socket.AF_INET.to_bytes(2, sys.byteorder) + (4000).to_bytes(2, "big") + bytes([127, 0, 0, 9])
+    assert netio.sockaddr_to_tuple(v4 + bytes(8)) == ("127.0.0.9", 4000)
+    v6 = (socket.AF_INET6.to_bytes(2, sys.byteorder) + (123).to_bytes(2, "big") + bytes(4)
+          + socket.inet_pton(socket.AF_INET6, "::1") + (3).to_bytes(4, sys.byteorder))  # fmt: skip
+    assert netio.sockaddr_to_tuple(v6) == ("::1", 123, 0, 3)
+    with pytest.raises(ValueError):
+        netio.sockaddr_to_tuple(bytes(16))
+
+
+def test_mmsg_batch_round_trip_keeps_stamps_and_senders():
+    pytest.importorskip("numpy")
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    server = netio.open_udp(("127.0.0.1", 0))
+    assert netio.enable_rx_timestamps(server) == netio.TS_TIMESTAMPING
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    try:
+        mm = netio.MmsgBatch(capacity=4, bufsize=64)
+        before = time.time_ns()
+        for i in range(6):
+            client.sendto(bytes([i]) * (10 + i), server.getsockname())
+        time.sleep(0.05)
+        count = mm.receive(server.fileno())
+        assert count == 4  # bounded by the capacity
+        stamped = mm.stamped(count)
+        assert stamped.all()
+        for i in range(count):
+            dgram = mm.datagram(i)
+            assert dgram.data == bytes([i]) * (10 + i)
+            assert dgram.address == client.getsockname()
+            assert before <= dgram.rx_ns <= time.time_ns()
+            assert dgram.rx_ns == int(mm.rx_sec[i]) * 1_000_000_000 + int(mm.rx_nsec[i])
+        assert mm.send(server.fileno(), count, 8) == (count, 0)
+        mm.reset(count)
+        client.settimeout(1.0)
+        assert sorted(client.recv(100) for _ in range(count)) == [bytes([i]) * 8 for i in range(4)]
+        assert mm.receive(server.fileno()) == 2
+        mm.reset(2)
+        assert mm.receive(server.fileno()) == 0  # drained
+    finally:
+        client.close()
+        server.close()

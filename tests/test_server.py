@@ -151,7 +151,8 @@ def test_process_client_request_reads_transmit_time_from_clock():
     reply = server.process(request(), ("192.0.2.1", 123), NOW_NS)
     r = NtpPacket.unpack(reply)
     assert r.receive == ns_to_ntp64(NOW_NS)
-    assert r.transmit == ns_to_ntp64(NOW_NS + 1000)  # first clock read
+    # The first read dates the reply template (root dispersion); the next is the transmit time.
+    assert r.transmit == ns_to_ntp64(NOW_NS + 2000)
     assert server.stats.new_version == 1
 
 
@@ -378,8 +379,9 @@ def test_loopback_clock_fallback_without_kernel_stamps():
         assert server.timestamp_mode == "clock"
         reply, _, _ = lb.exchange(request())
         r = NtpPacket.unpack(reply)
-        assert r.receive == ns_to_ntp64(NOW_NS + 1000)
-        assert r.transmit == ns_to_ntp64(NOW_NS + 2000)
+        # Reads: the template's date (root dispersion), the receive time, the transmit time.
+        assert r.receive == ns_to_ntp64(NOW_NS + 2000)
+        assert r.transmit == ns_to_ntp64(NOW_NS + 3000)
     finally:
         lb.close()
 
@@ -560,3 +562,142 @@ def test_handle_readable_drains_a_bounded_batch():
     server.close()  # closing twice is harmless
     with pytest.raises(RuntimeError):
         server.fileno()
+
+
+# -- the recvmmsg/sendmmsg batch path ---------------------------------------------------------
+
+
+def _burst_server(**kwargs):
+    pytest.importorskip("numpy")
+    from stratum1 import netio
+
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()),
+                       batch=True, **kwargs)  # fmt: skip
+    server.open()
+    assert server.batched
+    server._busy = True  # as after a backlog: the next read takes the array path
+    return server
+
+
+def _send_burst(server, datagrams):
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    before = time.time_ns()
+    for data in datagrams:
+        client.sendto(data, server.address)
+    select.select([server], [], [], 2.0)
+    time.sleep(0.05)  # let every datagram of the burst reach the socket
+    return client, before
+
+
+def _collect(client, expected):
+    client.settimeout(1.0)
+    replies = []
+    for _ in range(expected):
+        replies.append(client.recv(2048))
+    client.settimeout(0.05)
+    with pytest.raises(TimeoutError):
+        client.recv(2048)
+    return replies
+
+
+def test_batch_path_answers_a_burst_field_by_field():
+    server = _burst_server()
+    polls = [-5, 0, 3, 6, 10, 17]
+    reqs = [request(version=1 + i % 4, poll=polls[i % len(polls)], transmit=(1 << 60) + i)
+            for i in range(24)]  # fmt: skip
+    client, before = _send_burst(server, reqs)
+    try:
+        server.handle_readable()
+        after = time.time_ns()
+        assert server.stats.received == 24 and server.stats.replied == 24
+        assert server.stats.new_version == 6 and server.stats.old_version == 18
+        replies = _collect(client, 24)
+    finally:
+        client.close()
+        server.close()
+    by_origin = {NtpPacket.unpack(r).origin: r for r in replies}
+    for i, req in enumerate(reqs):
+        sent = NtpPacket.unpack(req)
+        raw = by_origin[(1 << 60) + i]
+        r = NtpPacket.unpack(raw)
+        assert len(raw) == 48
+        assert (r.leap, r.version, r.mode, r.stratum) == (0, sent.version, 4, 1)
+        assert r.poll == max(sent.poll, NTP_MINPOLL)
+        assert (r.precision, r.refid, r.root_delay) == (-22, b"GPS\0", 0)
+        assert r.reference == ns_to_ntp64(SYNCED.reference_ns)
+        # Root dispersion has grown since the reference time (15 PPM over ~3 s and more).
+        assert r.root_dispersion >= seconds_to_short(0.0005)
+        rx, tx = ntp64_to_ns(r.receive), ntp64_to_ns(r.transmit)
+        assert before <= rx <= tx
+        assert tx <= after + 1_000_000  # predicted departure: within a ms of the send
+
+
+def test_batch_path_mixed_burst_routes_the_odd_ones():
+    answered = []
+
+    def control(data, address):
+        answered.append(address)
+        return b"\x16\x82" + bytes(10)
+
+    server = _burst_server(control_handler=control)
+    reqs = [request(transmit=100 + i) for i in range(8)]
+    junk = [b"\x16\x01" + bytes(10),  # mode 6: the control handler
+            b"\x17" + bytes(47),  # mode 7: never answered
+            request()[:20],  # too short
+            b"\x2b" + request()[1:],  # version 5
+            request(transmit=7, trailer=bytes(20))]  # a MAC that is not a bare key id: NAK
+    client, _ = _send_burst(server, reqs[:4] + junk + reqs[4:])
+    try:
+        server.handle_readable()
+        replies = _collect(client, 8 + 2)
+    finally:
+        client.close()
+        server.close()
+    stats = server.stats
+    assert stats.received == 13
+    assert (stats.control, stats.mode7, stats.malformed, stats.bad_version) == (1, 1, 1, 1)
+    assert stats.crypto_naks == 1 and stats.replied == 9
+    assert len(answered) == 1 and answered[0][0] == "127.0.0.1"
+    origins = sorted(NtpPacket.unpack(r).origin for r in replies if r[0] & 7 == 4)
+    assert origins == sorted([7, *range(100, 108)])
+
+
+def test_batch_path_asks_the_access_check_once_per_datagram():
+    seen = []
+
+    def access(address, mode, version, rx_ns, has_mac):
+        seen.append((address[0], mode, version, has_mac))
+        assert rx_ns > NOW_NS  # the kernel's stamp, in Unix ns
+        return {0: "serve", 1: "kod", 2: "drop"}[len(seen) % 3]
+
+    server = _burst_server(access=access)
+    client, _ = _send_burst(server, [request(version=3, transmit=i + 1) for i in range(9)])
+    try:
+        server.handle_readable()
+        replies = _collect(client, 6)
+    finally:
+        client.close()
+        server.close()
+    assert seen == [("127.0.0.1", 3, 3, False)] * 9
+    assert server.stats.kod_sent == 3 and server.stats.restricted == 3
+    kods = [r for r in map(NtpPacket.unpack, replies) if r.stratum == 0]
+    assert len(kods) == 3 and all(k.refid == b"RATE" for k in kods)
+
+
+def test_batch_path_falls_back_to_plain_reads_when_quiet():
+    server = _burst_server()
+    client, _ = _send_burst(server, [request(transmit=1)])
+    try:
+        server.handle_readable()  # one datagram: the batch path hands back to plain reads
+        assert not server._busy and server.stats.replied == 1
+        _collect(client, 1)
+        client.sendto(request(transmit=2), server.address)
+        select.select([server], [], [], 2.0)
+        server.handle_readable()
+        assert NtpPacket.unpack(_collect(client, 1)[0]).origin == 2
+    finally:
+        client.close()
+        server.close()

@@ -1,0 +1,39 @@
+"""Smoke test of bench/serve.py's own helpers (the benchmark itself prints figures, untested)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+_PATH = Path(__file__).resolve().parent.parent / "bench" / "serve.py"
+_spec = importlib.util.spec_from_file_location("bench_serve", _PATH)
+serve = importlib.util.module_from_spec(_spec)
+sys.modules["bench_serve"] = serve  # dataclasses look their module up
+_spec.loader.exec_module(serve)
+
+
+def test_parse_result_line():
+    out = "target ...\nRESULT sent=10 valid=9 rps=3.5 loss_pct=10.000 p99_us=12.5\n"
+    assert serve.parse_result(out) == {"sent": 10, "valid": 9, "rps": 3.5, "loss_pct": 10.0,
+                                       "p99_us": 12.5}  # fmt: skip
+    with pytest.raises(ValueError):
+        serve.parse_result("no figures here\n")
+    with pytest.raises(ValueError):
+        serve.parse_result("RESULT sent\n")
+
+
+def test_percentile_nearest_rank():
+    values = [float(v) for v in range(1, 101)]
+    assert serve.percentile(values, 0.5) == 50.0
+    assert serve.percentile(values, 0.99) == 99.0
+    assert serve.percentile([3.0], 0.99) == 3.0
+    assert serve.percentile([], 0.5) != serve.percentile([], 0.5)  # NaN
+
+
+def test_timestamps_and_offset():
+    assert serve.parse_schedstat("123456 789 10\n") == 123456
+    ntp = ((1_767_225_600 + serve.NTP_UNIX_OFFSET_S) << 32) | (1 << 31)
+    assert serve.ntp64_to_unix_ns(ntp) == 1_767_225_600_500_000_000
+    # Server 5 µs ahead, symmetric 10 µs path: offset +5 µs.
+    assert serve.client_offset_ns(0, 15_000, 20_000, 25_000) == 5_000
