@@ -176,6 +176,7 @@ class Daemon:
         self.auth: Any = None
         self._mru_timer: Timer | None = None
         self.hotplug: Any = None
+        self.upstream: Any = None
         self.stats: Any = None
         self.metrics: Any = None
         self._stats_timer: Timer | None = None
@@ -273,6 +274,12 @@ class Daemon:
     def authenticate(self, covered: bytes, mac: Any, host: str) -> Any:
         """The servers' MAC hook: a signer for the request's key, or None (crypto-NAK)."""
         return self.auth(covered, mac, host)
+
+    def peer_packet(self, data: bytes, address: tuple, rx_ns: int) -> bytes | None:
+        """Modes 1, 2, 4, 5 arriving on a server socket belong to the network sources."""
+        if self.upstream is None:
+            return None
+        return self.upstream.peer_handler(data, address, rx_ns)
 
     def authenticate_control(self, covered: bytes, mac: bytes) -> Any:
         """Mode-6 writes (``:config``) are signed with the ``controlkey`` and no other key."""
@@ -377,6 +384,7 @@ class Daemon:
                 kernel_timestamps=_is_system_clock(self.clock),
                 control_handler=self.control.handle,
                 authenticate=self.authenticate,
+                peer_handler=self.peer_packet,
                 access=_drop_all if drop else self.access.server_hook,
             )
             try:
@@ -406,12 +414,43 @@ class Daemon:
             source.start()
         if self.sources:
             self.hotplug.start()
+        self._start_upstream(config)
+
+    def _start_upstream(self, config: Any) -> None:
+        """Network sources: server, pool and peer lines (broadcast and manycast are not
+        carried)."""
+        from .upstream import Upstream
+
+        network = [a for a in config.associations if a.kind in ("server", "pool", "peer")]
+        if not network:
+            return
+        self.upstream = Upstream(
+            self.loop,
+            self.clock,
+            self.system,
+            on_update=self.source_polled,
+            next_assoc_id=self._next_assoc_id,
+            authenticator=self.auth,
+            get_snapshot=self.get_snapshot,
+            ipv4=not self.opts.ipv6_only,
+            ipv6=not self.opts.ipv4_only,
+            kernel_timestamps=_is_system_clock(self.clock),
+            pool_size=max(1, config.tos.maxclock - len(config.refclocks)),
+        )
+        for assoc in network:
+            try:
+                self.upstream.add(assoc)
+            except ValueError as exc:  # e.g. a key that is not in the keys file
+                log.error("%s: %s %s not started: %s", assoc.location, assoc.kind, assoc.host, exc)
 
     def _next_assoc_id(self) -> int:
         self._assoc_ids += 1
         return self._assoc_ids
 
     def _stop_sources(self) -> None:
+        if self.upstream is not None:
+            self.upstream.close()
+            self.upstream = None
         if self.hotplug is not None:
             self.hotplug.stop()
             self.hotplug = None
@@ -549,7 +588,12 @@ class Daemon:
         except Exception as exc:  # an unreadable keys file: keep everything as it was
             log.error("%s", exc)
             return str(exc)
-        if new.refclocks != self.config.refclocks:
+        if (
+            new.refclocks != self.config.refclocks
+            or new.associations != self.config.associations
+            or new.keys != self.config.keys
+            or new.trustedkeys != self.config.trustedkeys
+        ):
             self._stop_sources()
             self._start_sources(new)
         self._load_leapfile(new.leapfile)
