@@ -1,18 +1,15 @@
 """Tests for stratum1/daemon.py: options, start-up, serving from a LOCAL source, reload."""
 
-import signal
-import threading
 import time
 
+import daemon_harness
 import pytest
 
-from stratum1 import daemon as daemon_mod
 from stratum1.cli import build_parser
-from stratum1.clock import FrozenDisciplineClock, SystemClock
-from stratum1.daemon import Daemon, load_config, options_from_args, parse_listen
+from stratum1.daemon import load_config, options_from_args, parse_listen
 from stratum1.query import query
 
-LOCAL_CONF = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+LOCAL_CONF = daemon_harness.LOCAL_CONF
 
 
 def test_parse_listen():
@@ -40,27 +37,11 @@ def test_command_line_overrides_config_files(tmp_path):
 
 
 def _start(tmp_path, monkeypatch, text=LOCAL_CONF):
-    monkeypatch.setattr(daemon_mod, "STARTUP_POLL_S", 0.05)
-    conf = tmp_path / "ntp.conf"
-    conf.write_text(text)
-    args = build_parser().parse_args(
-        ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0"]
-    )
-    opts = options_from_args(args)
-    d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
-    d.start()
-    thread = threading.Thread(target=d.run, daemon=True)
-    thread.start()
-    return d, thread, conf
+    return daemon_harness.start(tmp_path, monkeypatch, text)
 
 
-def _stop(d, thread):
-    d.stop()
-    thread.join(5)
-    d.close()
-    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
+_stop = daemon_harness.stop
+_start_with = daemon_harness.start
 
 
 def _wait_synchronised(address, timeout=10.0):
@@ -196,21 +177,13 @@ def test_statistics_files_and_metrics_endpoint(tmp_path, monkeypatch):
     pytest.importorskip("prometheus_client", reason="pip package prometheus-client")
     stats = tmp_path / "stats"
     stats.mkdir()
-    monkeypatch.setattr(daemon_mod, "STARTUP_POLL_S", 0.05)
-    conf = tmp_path / "ntp.conf"
-    conf.write_text(
+    d, thread, _ = _start_with(
+        tmp_path,
+        monkeypatch,
         LOCAL_CONF + f"statsdir {stats}/\nstatistics loopstats peerstats clockstats sysstats\n"
-        "filegen peerstats type none enable\n"
+        "filegen peerstats type none enable\n",
+        ("--metrics", "127.0.0.1:0"),
     )
-    args = build_parser().parse_args(
-        ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0",
-         "--metrics", "127.0.0.1:0"]
-    )
-    opts = options_from_args(args)
-    d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
-    d.start()
-    thread = threading.Thread(target=d.run, daemon=True)
-    thread.start()
     try:
         _wait_synchronised(d.servers[0].address)
         host, port = d.metrics.bound_address[:2]

@@ -4,18 +4,14 @@ loopback source addresses against a daemon built from ntp.conf lines (restrict, 
 import hashlib
 import socket
 import struct
-import threading
 import time
 
+import daemon_harness
 import pytest
 
-from stratum1 import daemon as daemon_mod
-from stratum1.cli import build_parser
-from stratum1.clock import FrozenDisciplineClock, SystemClock
-from stratum1.daemon import Daemon, load_config, options_from_args
 from stratum1.packet import NtpPacket, timestamp_from_ns
 
-LOCAL = "server 127.127.1.0\nfudge 127.127.1.0 stratum 10\n"
+LOCAL = daemon_harness.LOCAL_CONF
 
 
 @pytest.fixture
@@ -23,30 +19,13 @@ def run_daemon(tmp_path, monkeypatch):
     started = []
 
     def start(text):
-        monkeypatch.setattr(daemon_mod, "STARTUP_POLL_S", 0.05)
-        conf = tmp_path / "ntp.conf"
-        conf.write_text(text)
-        args = build_parser().parse_args(
-            ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0"]
-        )
-        opts = options_from_args(args)
-        d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
-        d.start()
-        t = threading.Thread(target=d.run, daemon=True)
-        t.start()
+        d, t, _ = daemon_harness.start(tmp_path, monkeypatch, text)
         started.append((d, t))
         return d, d.servers[0].address
 
     yield start
-    import signal
-
     for d, t in started:
-        d.stop()
-        t.join(5)
-        d.close()
-    for s in (signal.SIGHUP, signal.SIGTERM, signal.SIGINT):
-        signal.signal(s, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
+        daemon_harness.stop(d, t)
 
 
 def exchange(server, source, data, timeout=0.5):
