@@ -31,7 +31,9 @@ NTPLOAD_SOURCE = Path(os.environ.get("NTPLOAD_SOURCE", "/work/shared/tools/ntplo
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 #: ntpd cannot serve on any port but 123; chronyd and stratum1 take these.
-PORTS = {"stratum1": 12123, "chronyd": 12124, "ntpd": 123}
+PORTS = {"stratum1": 12123, "chronyd": 12124, "ntpd": 123, "bare": 12125}
+#: A bare server (no daemon around it) exits by itself after this long, whatever happens.
+BARE_LIMIT_S = 600
 READY_TIMEOUT_S = 45.0
 NTP_UNIX_OFFSET_S = 2_208_988_800
 
@@ -87,13 +89,25 @@ def client_offset_ns(t1: int, t2: int, t3: int, t4: int) -> float:
 
 # -- processes ----------------------------------------------------------------------------------
 def process_cpu_ns(pid: int) -> int:
-    """CPU time of every thread of ``pid`` so far, in ns (scheduler accounting, not ticks)."""
+    """CPU time so far of every thread of ``pid`` and of its descendants (workers), in ns
+    (scheduler accounting, not ticks)."""
     total = 0
-    for task in Path(f"/proc/{pid}/task").iterdir():
+    pending, seen = [pid], set()
+    while pending and len(seen) < 256:
+        current = pending.pop()
+        if current in seen:
+            continue
+        seen.add(current)
         try:
-            total += parse_schedstat((task / "schedstat").read_text())
+            tasks = list(Path(f"/proc/{current}/task").iterdir())
         except (FileNotFoundError, ProcessLookupError):
-            pass
+            continue
+        for task in tasks:
+            try:
+                total += parse_schedstat((task / "schedstat").read_text())
+                pending.extend(int(c) for c in (task / "children").read_text().split())
+            except (FileNotFoundError, ProcessLookupError):
+                pass
     return total
 
 
@@ -126,6 +140,57 @@ def stratum1_spec(workdir: Path, port: int, extra: list[str]) -> ServerSpec:
     argv = [sys.executable, "-m", "stratum1", "run", "-n", "--no-discipline", "-U", "0",
             "-c", str(conf), "--listen", f"{HOST}:{port}", *extra]  # fmt: skip
     return ServerSpec("stratum1", port, argv, "LOCAL refclock, --no-discipline")
+
+
+def bare_spec(port: int, tx_chunk: int | None, workers: int) -> ServerSpec:
+    """The serving path alone: NtpServer on an EventLoop with a fixed snapshot, no daemon."""
+    argv = [sys.executable, str(Path(__file__).resolve()), "--serve-bare", str(port),
+            "--workers", str(workers)]  # fmt: skip
+    note = "NtpServer alone, fixed snapshot"
+    if tx_chunk is not None:
+        argv += ["--tx-chunk", str(tx_chunk)]
+        note += f", tx chunk {tx_chunk}"
+    if workers:
+        note += f", {workers} workers"
+    return ServerSpec("stratum1-bare", port, argv, note)
+
+
+def serve_bare(port: int, tx_chunk: int | None, workers: int) -> int:
+    """Run the bare server (the child side of ``bare_spec``) until SIGTERM or BARE_LIMIT_S."""
+    import signal
+
+    from stratum1.clock import SystemClock
+    from stratum1.eventloop import EventLoop
+    from stratum1.server import NtpServer
+    from stratum1.snapshot import SystemSnapshot
+
+    snapshot = SystemSnapshot(leap=0, stratum=1, precision=-20, poll=4, root_delay=0.0,
+                              root_dispersion=1e-5, refid=b"LOCL",
+                              reference_ns=time.time_ns())  # fmt: skip
+    loop = EventLoop()
+    kwargs = {} if tx_chunk is None else {"tx_chunk": tx_chunk}
+    clock = SystemClock()
+    pool = None
+    if workers:
+        from stratum1.workers import WorkerPool
+
+        # Forked before the main socket opens, as the daemon does: workers and the main
+        # process each hold one socket of the SO_REUSEPORT group.
+        pool = WorkerPool((HOST, port), workers, clock, server_options=kwargs)
+        pool.start(snapshot)
+    server = NtpServer((HOST, port), lambda: snapshot, clock, reuse_port=bool(workers),
+                       **kwargs)  # fmt: skip
+    server.attach(loop)
+    if pool is not None:
+        pool.attach(loop, server, lambda: snapshot)
+    loop.add_signal_handler(signal.SIGTERM, loop.stop)
+    try:
+        loop.run(until_ns=loop.now_ns() + BARE_LIMIT_S * NS)
+    finally:
+        server.close()
+        if pool is not None:
+            pool.stop()
+    return 0
 
 
 def chronyd_spec(workdir: Path, port: int, binary: str) -> ServerSpec:
@@ -274,7 +339,7 @@ class Phase:
 
 
 def run_phase(ntpload: Path, spec: ServerSpec, pid: int, load_cpu: int, args: list[str],
-              duration: int, probe_rate: float) -> Phase:  # fmt: skip
+              duration: int, probe_rate: float, socks: int = 1) -> Phase:  # fmt: skip
     stop = threading.Event()
     probe_box: list[ProbeResult] = []
     probe = threading.Thread(
@@ -284,7 +349,7 @@ def run_phase(ntpload: Path, spec: ServerSpec, pid: int, load_cpu: int, args: li
     cpu0, t0 = process_cpu_ns(pid), time.monotonic()
     probe.start()
     out = subprocess.run(
-        ["taskset", "-c", str(load_cpu), str(ntpload), "-q", "-p", str(spec.port),
+        ["taskset", "-c", str(load_cpu), str(ntpload), "-q", "-p", str(spec.port), "-s", str(socks),
          "-d", str(duration), *args, HOST],
         capture_output=True, text=True, timeout=duration + 30, check=True,
     )  # fmt: skip
@@ -308,10 +373,11 @@ def bench_server(spec: ServerSpec, ntpload: Path, opts: argparse.Namespace, log:
                 return {"name": spec.name, "error": f"not ready (see {log})"}
             time.sleep(0.5)
         light = run_phase(ntpload, spec, proc.pid, opts.load_cpu,
-                          ["-r", str(opts.light_rate)], opts.light_duration, opts.probe_rate)  # fmt: skip
+                          ["-r", str(opts.light_rate)], opts.light_duration, opts.probe_rate,
+                          opts.load_sockets)  # fmt: skip
         sat = run_phase(ntpload, spec, proc.pid, opts.load_cpu,
                         ["-w", str(opts.window), "-b", str(opts.batch)], opts.duration,
-                        opts.probe_rate)  # fmt: skip
+                        opts.probe_rate, opts.load_sockets)  # fmt: skip
     finally:
         proc.terminate()
         try:
@@ -368,18 +434,28 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="stratum1,chronyd,ntpd",
-                        help="comma-separated servers to run, in order")
+                        help="comma-separated servers to run, in order (also: bare, the "
+                             "serving path without the daemon)")
     parser.add_argument("--duration", type=int, default=5, help="saturation phase, s (<= 60)")
     parser.add_argument("--light-duration", type=int, default=3, help="light phase, s")
     parser.add_argument("--light-rate", type=int, default=1000, help="light load, requests/s")
     parser.add_argument("--window", type=int, default=128, help="requests in flight at saturation")
     parser.add_argument("--batch", type=int, default=32, help="generator sendmmsg batch")
+    parser.add_argument("--load-sockets", type=int, default=1,
+                        help="generator source sockets (more spread over SO_REUSEPORT workers)")
     parser.add_argument("--probe-rate", type=float, default=500.0, help="offset probes/s")
     parser.add_argument("--server-cpu", type=int, default=0)
     parser.add_argument("--load-cpu", type=int, default=1)
     parser.add_argument("--stratum1-arg", action="append", default=[],
                         help="extra argument for `stratum1 run` (repeatable)")
+    parser.add_argument("--tx-chunk", type=int, default=None,
+                        help="bare server: replies per sendmmsg (default: the server's)")
+    parser.add_argument("--workers", type=int, default=0,
+                        help="bare server: SO_REUSEPORT worker processes (0: serve in-process)")
+    parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
+    if opts.serve_bare is not None:
+        return serve_bare(opts.serve_bare, opts.tx_chunk, opts.workers)
     if not 1 <= opts.duration <= 60 or not 1 <= opts.light_duration <= 60:
         parser.error("durations must be 1..60 s")
     # The probe and this script stay off the server's core.
@@ -391,6 +467,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in opts.only.split(","):
             if name == "stratum1":
                 spec = stratum1_spec(workdir, PORTS["stratum1"], opts.stratum1_arg)
+            elif name == "bare":
+                spec = bare_spec(PORTS["bare"], opts.tx_chunk, opts.workers)
             elif name == "chronyd":
                 binary = find_chronyd()
                 if binary is None:

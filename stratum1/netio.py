@@ -14,6 +14,7 @@ import os
 import socket
 import struct
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -224,6 +225,7 @@ class _TimestampCmsg(ctypes.Structure):
 _NAMESIZE = 32  # sockaddr_in6 (28) rounded up
 _CTRLSIZE = 128  # a timestamping cmsg (64) and a packet-info one (32)
 _TS_CMSG_LEN = socket.CMSG_LEN(6 * ctypes.sizeof(ctypes.c_long))
+_ADDR_CACHE_MAX = 4096
 _EAGAIN_LIKE = frozenset((errno.EAGAIN, errno.EWOULDBLOCK, errno.ENOBUFS, errno.EINTR))
 
 
@@ -285,11 +287,13 @@ class MmsgBatch:
         self._cm_len, self._cm_level, self._cm_type = stamp["len"], stamp["level"], stamp["type"]
         #: Each datagram's bytes as big-endian 64-bit words (word 5 = bytes 40-47, and so on).
         self.be64 = self.data.view(">u8")
-        #: 0, 1, 2, ... as floats: a datagram's place in a batch.
-        self.steps = np.arange(capacity, dtype=np.float64)
         #: The kernel's software receive stamp of each datagram: seconds and nanoseconds.
         self.rx_sec, self.rx_nsec = stamp["ts"][:, 0], stamp["ts"][:, 1]
         self._hdr_at, self._out_at = self.hdr.ctypes.data, self._out.ctypes.data
+        # The first 8 bytes of a sockaddr_in (family, port, address) name an IPv4 sender
+        # exactly: a key for a cache of decoded addresses. (IPv6 senders are decoded each time.)
+        self._name_key = self.names[:, :8].view(np.uint64)[:, 0]
+        self._addr_cache: dict[int, tuple] = {}
         self.reset(capacity)
 
     def reset(self, count: int) -> None:
@@ -333,26 +337,65 @@ class MmsgBatch:
     def address(self, i: int) -> tuple:
         return sockaddr_to_tuple(self.names[i, : self._namelen.item(i)].tobytes())
 
-    def send(self, fd: int, slots: Any, length: int) -> tuple[int, int]:
+    def addresses(self, rows: Any) -> list[tuple]:
+        """The senders of the datagrams in slots ``rows`` (an index array), IPv4 ones from a
+        bounded cache: decoding a sockaddr costs more than answering the request."""
+        cache = self._addr_cache
+        out = []
+        for i, key in zip(rows.tolist(), self._name_key[rows].tolist(), strict=True):
+            address = cache.get(key)
+            if address is None:
+                address = self.address(i)
+                if len(address) == 2:
+                    if len(cache) >= _ADDR_CACHE_MAX:
+                        cache.clear()
+                    cache[key] = address
+            out.append(address)
+        return out
+
+    def send(
+        self,
+        fd: int,
+        slots: Any,
+        length: int,
+        *,
+        chunk: int = 0,
+        stamp: Callable[[], int] | None = None,
+        stamp_word: int = 5,
+    ) -> tuple[int, int]:
         """sendmmsg the first ``length`` bytes of the given slots (``count`` for the first
         ``count``, or an index array) back to their senders; returns (sent, failed). Bounded:
-        a failing datagram is skipped, never retried. Call ``reset`` before receiving again."""
+        a failing datagram is skipped, never retried. Call ``reset`` before receiving again.
+
+        ``chunk`` > 0 sends at most that many datagrams per sendmmsg. ``stamp``, if given, is
+        called right before each sendmmsg and its value is written (big-endian) into 64-bit
+        word ``stamp_word`` of every datagram that call sends: a time read as late as possible
+        and never after the datagram leaves."""
         if isinstance(slots, int):
-            count, base = slots, self._hdr_at
+            count, base, rows = slots, self._hdr_at, None
             self._controllen[:count] = 0
         else:
-            count, base = len(slots), self._out_at
+            count, base, rows = len(slots), self._out_at, slots
             self._out[:count] = self.hdr[slots]
             self._out_controllen[:count] = 0
         if count == 0:
             return 0, 0
         self._iovlen[:] = length
         size = self.hdr.itemsize
+        step = chunk if chunk > 0 else count
+        words = self.be64
         sent = failed = pos = 0
         while pos < count:
-            done = self._sendmmsg(fd, base + pos * size, count - pos, 0)
-            if done < 0:
-                err = ctypes.get_errno()
+            n = min(step, count - pos)
+            if stamp is not None:
+                value = stamp()
+                if rows is None:
+                    words[pos : pos + n, stamp_word] = value
+                else:
+                    words[rows[pos : pos + n], stamp_word] = value
+            done = self._sendmmsg(fd, base + pos * size, n, 0)
+            if done <= 0:
+                err = ctypes.get_errno() if done < 0 else errno.EAGAIN
                 if err in _EAGAIN_LIKE:
                     failed += count - pos  # the send buffer is full: shed the rest
                     break

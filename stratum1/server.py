@@ -7,8 +7,10 @@ receive times in the kernel, and routes mode 6 to a control handler. Mode 7 is n
 
 from __future__ import annotations
 
+import gc
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -44,6 +46,10 @@ STRATUM_PKT_UNSPEC = 0
 #: Large enough for NTS-sized requests; longer datagrams are truncated and dropped.
 RECV_BUFSIZE = 2048
 DEFAULT_BATCH = 64
+#: Replies per sendmmsg on the batch path. Each group gets a fresh clock read as its transmit
+#: timestamp, so a reply's transmit time is early by at most the time the kernel takes to send
+#: the replies ahead of it in its group (~3 us each on loopback), and never late.
+DEFAULT_TX_CHUNK = 2
 _DROP_LOG_INTERVAL_NS = 60 * 1_000_000_000
 #: How often the root dispersion in replies is regrown from the snapshot (it ages at 15 PPM).
 TEMPLATE_REFRESH_NS = 1_000_000_000
@@ -252,9 +258,11 @@ class NtpServer:
         kernel_timestamps: bool = True,
         reuse_port: bool = False,
         batch: bool | None = None,
+        tx_chunk: int = DEFAULT_TX_CHUNK,
     ) -> None:
         """``batch``: use the recvmmsg/sendmmsg fast path (None: wherever it works, that is
-        with kernel receive stamps, a specific local address, numpy and Linux libc)."""
+        with kernel receive stamps, a specific local address, numpy and Linux libc).
+        ``tx_chunk``: replies per sendmmsg there, each group stamped with a fresh clock read."""
         self._address = address
         self._get_snapshot = get_snapshot
         self._clock = clock
@@ -270,11 +278,8 @@ class NtpServer:
         self._reuse_port = reuse_port
         self._want_batch = batch
         self._batch: Any = None  # netio.MmsgBatch while the fast path is on
-        # Estimated time from the transmit-clock read to each datagram of a batch leaving
-        # (ns): the lead before the first and the spacing of the rest.
-        self._tx_lead_ns = 0.0
-        self._tx_step_ns = 0.0
-        self._tx_read_ns = self._tx_built_ns = 0
+        self._tx_chunk = max(1, tx_chunk)
+        self._restamp = False  # the reply just built may take a later transmit timestamp
         self._busy = False  # the last read found a backlog: use the batch path
         self._sock: socket.socket | None = None
         self._template: ReplyTemplate | None = None
@@ -382,7 +387,7 @@ class NtpServer:
                 for part in reply:
                     self._send(sock, part, dgram.address, dgram.reply_cmsg)
             else:
-                self._send(sock, reply, dgram.address, dgram.reply_cmsg)
+                self._send(sock, reply, dgram.address, dgram.reply_cmsg, self._restamp)
         self._busy = self._batch is not None
 
     def _handle_batch(self, sock: socket.socket, mm: Any) -> None:
@@ -417,10 +422,12 @@ class NtpServer:
             verdicts: dict[int, str] = {}
             if self.access is not serve_all:
                 # Rate limiting and restrict keep per-address state: ask once per datagram.
-                for i in np.flatnonzero(fast).tolist():
-                    rx_ns = int(mm.rx_sec[i]) * 1_000_000_000 + int(mm.rx_nsec[i])
-                    verdict = self.access(mm.address(i), MODE_CLIENT, int(version[i]), rx_ns,
-                                          False)  # fmt: skip
+                rows = np.flatnonzero(fast)
+                rx_ns = (mm.rx_sec[rows] * _NS_PER_S + mm.rx_nsec[rows]).tolist()
+                access = self.access
+                for i, address, ver, rx in zip(rows.tolist(), mm.addresses(rows),
+                                               version[rows].tolist(), rx_ns, strict=True):
+                    verdict = access(address, MODE_CLIENT, ver, rx, False)
                     if verdict != SERVE:
                         fast[i] = False
                         verdicts[i] = verdict
@@ -438,8 +445,17 @@ class NtpServer:
             self.stats.old_version += served - newer
             self._render_batch(mm, slice(0, count) if isinstance(slots, int) else slots,
                                served, template)  # fmt: skip
-            sent, failed = mm.send(sock.fileno(), slots, HEADER_LEN)
-            self._learn_tx_timing(served)
+            collecting = gc.isenabled()
+            if collecting:
+                # A collection between a transmit clock read and its sendmmsg would make
+                # that group's timestamps old; let any due collection run after the send.
+                gc.disable()
+            try:
+                sent, failed = mm.send(sock.fileno(), slots, HEADER_LEN, chunk=self._tx_chunk,
+                                       stamp=self._transmit_now, stamp_word=_TRANSMIT_WORD)  # fmt: skip
+            finally:
+                if collecting:
+                    gc.enable()
             self.stats.sent += sent
             self.stats.replied += sent
             self.stats.send_errors += failed
@@ -462,29 +478,12 @@ class NtpServer:
         data[rows, 2] = poll.view(np.uint8)
         seconds = (mm.rx_sec[rows] + _NTP_UNIX_OFFSET_S).astype(np.uint64) << np.uint64(32)
         words[rows, 4] = seconds + (mm.rx_nsec[rows] * _FRAC_PER_NS + 0.5).astype(np.uint64)
-        # Datagram i leaves some microseconds after the clock is read, and later ones in
-        # the batch later still: stamp each with its predicted departure (as ntpd once added
-        # its measured authentication delay), learned from the previous batches.
-        self._tx_read_ns = now = self._clock.now_ns()
-        sec, nsec = divmod(now, _NS_PER_S)
-        base = np.uint64(((sec + _NTP_UNIX_OFFSET_S) & 0xFFFFFFFF) << 32)
-        frac = mm.steps[:count] * (self._tx_step_ns * _FRAC_PER_NS) + (
-            (nsec + self._tx_lead_ns) * _FRAC_PER_NS + 0.5
-        )
-        words[rows, 5] = frac.astype(np.uint64) + base
-        self._tx_built_ns = self._clock.now_ns()
+        # The transmit timestamp (word 5) is written by MmsgBatch.send, group by group, from
+        # a clock read just before each sendmmsg: never predicted, never later than the send.
 
-    def _learn_tx_timing(self, count: int) -> None:
-        done = self._clock.now_ns()
-        build = self._tx_built_ns - self._tx_read_ns
-        spent = done - self._tx_built_ns
-        if not 0 <= build < _TX_SANE_NS or not 0 <= spent < _TX_SANE_NS * count:
-            return  # preempted or the clock stepped: not a sample of the send path
-        step = spent / count
-        # A receiver stamps a datagram about midway through its share of the send.
-        lead = build + step / 2
-        self._tx_step_ns += (step - self._tx_step_ns) * _TX_GAIN
-        self._tx_lead_ns += (lead - self._tx_lead_ns) * _TX_GAIN
+    def _transmit_now(self) -> int:
+        # Truncated, not rounded: a transmit timestamp must never be later than the send.
+        return (((self._clock.now_ns() + _NTP_UNIX_OFFSET_NS) << 32) // _NS_PER_S) & _MAX_NTP64
 
     def _batch_slow_path(
         self, sock: socket.socket, mm: Any, slots: list[int], verdicts: dict[int, str]
@@ -507,8 +506,26 @@ class NtpServer:
             reply = self._process(dgram.data, dgram.address, rx_ns, None, verdicts.get(i))
             if reply is None:
                 continue
-            for part in reply if isinstance(reply, list) else (reply,):
-                self._send(sock, part, dgram.address, dgram.reply_cmsg)
+            if isinstance(reply, list):
+                for part in reply:
+                    self._send(sock, part, dgram.address, dgram.reply_cmsg)
+            else:
+                self._send(sock, reply, dgram.address, dgram.reply_cmsg, self._restamp)
+
+    def answer(self, data: bytes, address: Address, rx_ns: int) -> None:
+        """Answer, from this socket, a datagram that reached the port elsewhere (a serving
+        worker forwards mode-6 and peer packets to the main process)."""
+        sock = self._sock
+        if sock is None:
+            return
+        reply = self._process(data, address, rx_ns, None, None)
+        if reply is None:
+            return
+        if isinstance(reply, list):
+            for part in reply:
+                self._send(sock, part, address, None)
+        else:
+            self._send(sock, reply, address, None, self._restamp)
 
     def process(
         self, data: bytes, address: Address, rx_ns: int, template: ReplyTemplate | None = None
@@ -528,6 +545,7 @@ class NtpServer:
         verdict: str | None,
     ) -> bytes | list[bytes] | None:
         self.stats.received += 1
+        self._restamp = False
         if template is None:
             template = self._current_template()
         if not data:
@@ -589,6 +607,8 @@ class NtpServer:
             return self._guard(build_kod(data, min_poll=self._min_poll), data, address)
         if mac is None:
             reply = template.render(version, poll, transmit, rx_ns, self._clock.now_ns())
+            # Nothing signs this reply: the socket path may read the clock again, later.
+            self._restamp = True
             return self._guard(reply, data, address)
         if len(mac) == 4:
             return self._drop("bad_auth", address, "request carries a bare key id")
@@ -606,8 +626,16 @@ class NtpServer:
         return reply
 
     def _send(
-        self, sock: socket.socket, reply: bytes, address: Address, cmsg: netio.Cmsg | None
+        self,
+        sock: socket.socket,
+        reply: bytes,
+        address: Address,
+        cmsg: netio.Cmsg | None,
+        restamp: bool = False,
     ) -> None:
+        if restamp and len(reply) == HEADER_LEN:
+            # The transmit timestamp read as late as possible: just before the send call.
+            reply = reply[:40] + _TRANSMIT.pack(self._transmit_now())
         try:
             netio.send(sock, reply, address, cmsg)
         except OSError as exc:
@@ -647,12 +675,12 @@ class NtpServer:
 
 _NTP_UNIX_OFFSET_S = 2_208_988_800
 _NS_PER_S = 1_000_000_000
-#: Longer than this between clock reads in a batch means we were preempted: learn nothing.
-_TX_SANE_NS = 200_000
-_TX_GAIN = 1 / 16
+_NTP_UNIX_OFFSET_NS = _NTP_UNIX_OFFSET_S * _NS_PER_S
+_TRANSMIT = struct.Struct("!Q")
+_TRANSMIT_WORD = 5  # bytes 40-47 of a reply, as a big-endian 64-bit word
 #: Fewer datagrams than this in a batch go through the per-datagram path.
 _SMALL_BATCH = 4
-_FRAC_PER_NS = (1 << 32) / _NS_PER_S
+_FRAC_PER_NS = (1 << 32) / 1_000_000_000
 
 
 def _is_mode4(data: bytes) -> bool:

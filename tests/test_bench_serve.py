@@ -37,3 +37,27 @@ def test_timestamps_and_offset():
     assert serve.ntp64_to_unix_ns(ntp) == 1_767_225_600_500_000_000
     # Server 5 µs ahead, symmetric 10 µs path: offset +5 µs.
     assert serve.client_offset_ns(0, 15_000, 20_000, 25_000) == 5_000
+
+
+def test_bare_spec_and_cpu_of_a_process_tree():
+    spec = serve.bare_spec(12125, 2, 1)
+    assert spec.port == 12125 and "--serve-bare" in spec.argv
+    assert spec.argv[-2:] == ["--tx-chunk", "2"] and "1 workers" in spec.note
+    assert "--tx-chunk" not in serve.bare_spec(12125, None, 0).argv
+    import os
+    import subprocess
+
+    # A child that burns ~50 ms of CPU, then waits: the tree's total includes it.
+    child = subprocess.Popen([sys.executable, "-c",
+                              "import time, sys\nt = time.process_time()\n"
+                              "while time.process_time() - t < 0.05: pass\n"
+                              "print('', flush=True)\nsys.stdin.read()"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE)  # fmt: skip
+    try:
+        child.stdout.readline()
+        own = serve.process_cpu_ns(child.pid)
+        assert own >= 50_000_000
+        assert serve.process_cpu_ns(os.getpid()) >= own
+    finally:
+        child.stdin.close()
+        child.wait(timeout=10)

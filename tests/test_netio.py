@@ -201,3 +201,47 @@ def test_mmsg_batch_round_trip_keeps_stamps_and_senders():
     finally:
         client.close()
         server.close()
+
+
+def test_mmsg_batch_send_stamps_each_chunk_just_before_sending():
+    pytest.importorskip("numpy")
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    import numpy as np
+
+    server = netio.open_udp(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(1.0)
+    calls = []
+
+    def stamp():
+        calls.append(len(calls) + 1)
+        return (0xAB << 56) | calls[-1]
+
+    try:
+        mm = netio.MmsgBatch(capacity=8, bufsize=64)
+        for i in range(6):
+            client.sendto(bytes([i]) * 48, server.getsockname())
+        time.sleep(0.05)
+        assert mm.receive(server.fileno()) == 6
+        assert mm.send(server.fileno(), 6, 48, chunk=4, stamp=stamp) == (6, 0)
+        replies = [client.recv(100) for _ in range(6)]
+        # Word 5 (bytes 40-47): one fresh stamp per sendmmsg of at most 4; the rest untouched.
+        assert [int.from_bytes(r[40:48], "big") & 0xFF for r in replies] == [1, 1, 1, 1, 2, 2]
+        assert all(r[:40] == bytes([i]) * 40 for i, r in enumerate(replies))
+        mm.reset(6)
+        for i in range(6):
+            client.sendto(bytes([i]) * 48, server.getsockname())
+        time.sleep(0.05)
+        assert mm.receive(server.fileno()) == 6
+        calls.clear()
+        slots = np.array([0, 2, 3, 5])
+        assert mm.send(server.fileno(), slots, 48, chunk=3, stamp=stamp, stamp_word=0) == (4, 0)
+        replies = [client.recv(100) for _ in range(4)]
+        assert [r[40] for r in replies] == [0, 2, 3, 5]
+        assert [int.from_bytes(r[:8], "big") & 0xFF for r in replies] == [1, 1, 1, 2]
+        mm.reset(6)
+    finally:
+        client.close()
+        server.close()

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stratum1 import netio
 from stratum1.clock import FrozenDisciplineClock, SystemClock
 from stratum1.eventloop import EventLoop
 from stratum1.ntptime import ns_to_ntp64, ntp64_to_ns, seconds_to_short
@@ -52,6 +53,10 @@ class StepClock:
     def monotonic_ns(self):
         self.mono += 1000
         return self.mono
+
+
+def _truncated_ntp64(unix_ns):
+    return ((unix_ns + 2_208_988_800 * 10**9) << 32) // 10**9
 
 
 # -- build_reply ------------------------------------------------------------------------------
@@ -379,9 +384,10 @@ def test_loopback_clock_fallback_without_kernel_stamps():
         assert server.timestamp_mode == "clock"
         reply, _, _ = lb.exchange(request())
         r = NtpPacket.unpack(reply)
-        # Reads: the template's date (root dispersion), the receive time, the transmit time.
+        # Reads: the template's date (root dispersion), the receive time, the transmit time
+        # for process(), and the transmit time again just before the send (truncated).
         assert r.receive == ns_to_ntp64(NOW_NS + 2000)
-        assert r.transmit == ns_to_ntp64(NOW_NS + 3000)
+        assert r.transmit == _truncated_ntp64(NOW_NS + 4000)
     finally:
         lb.close()
 
@@ -569,8 +575,6 @@ def test_handle_readable_drains_a_bounded_batch():
 
 def _burst_server(**kwargs):
     pytest.importorskip("numpy")
-    from stratum1 import netio
-
     if not netio.batch_supported():
         pytest.skip("no recvmmsg/sendmmsg here")
     server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()),
@@ -631,8 +635,7 @@ def test_batch_path_answers_a_burst_field_by_field():
         # Root dispersion has grown since the reference time (15 PPM over ~3 s and more).
         assert r.root_dispersion >= seconds_to_short(0.0005)
         rx, tx = ntp64_to_ns(r.receive), ntp64_to_ns(r.transmit)
-        assert before <= rx <= tx
-        assert tx <= after + 1_000_000  # predicted departure: within a ms of the send
+        assert before <= rx <= tx <= after  # read before the send, never predicted past it
 
 
 def test_batch_path_mixed_burst_routes_the_odd_ones():
@@ -701,3 +704,69 @@ def test_batch_path_falls_back_to_plain_reads_when_quiet():
     finally:
         client.close()
         server.close()
+
+
+class CountingClock:
+    """The system clock, strictly increasing, counting its reads."""
+
+    can_adjust = False
+
+    def __init__(self):
+        self.reads = 0
+        self.last = 0
+
+    def now_ns(self):
+        self.reads += 1
+        self.last = max(time.time_ns(), self.last + 1)
+        return self.last
+
+    def monotonic_ns(self):
+        return time.monotonic_ns()
+
+
+@pytest.mark.parametrize("chunk", [1, 4, 5, 64])
+def test_batch_path_stamps_each_send_group_with_a_fresh_read(chunk):
+    pytest.importorskip("numpy")
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    clock = CountingClock()
+    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, clock, batch=True, tx_chunk=chunk)
+    server.open()
+    server._busy = True
+    count = 22
+    client, _ = _send_burst(server, [request(transmit=(1 << 62) + i) for i in range(count)])
+    client.setsockopt(socket.SOL_SOCKET, netio.SO_TIMESTAMPNS, 1)
+    try:
+        server.handle_readable()
+        assert server.stats.replied == count
+        client.settimeout(1.0)
+        got = []
+        for _ in range(count):
+            data, anc, _flags, _addr = client.recvmsg(2048, 256)
+            got.append((NtpPacket.unpack(data), netio.rx_timestamp(anc)))
+    finally:
+        client.close()
+        server.close()
+    # sendmmsg keeps the order: replies arrive as the requests were sent.
+    assert [r.origin for r, _ in got] == [(1 << 62) + i for i in range(count)]
+    transmits = [r.transmit for r, _ in got]
+    groups = [transmits[i : i + chunk] for i in range(0, count, chunk)]
+    assert all(len(set(group)) == 1 for group in groups)  # one clock read per sendmmsg
+    firsts = [group[0] for group in groups]
+    assert firsts == sorted(set(firsts))  # a fresh, later read for every group
+    for r, rx_stamp in got:
+        # Never later than the send: the client's kernel saw each reply after its stamp.
+        assert ntp64_to_ns(r.receive) <= ntp64_to_ns(r.transmit) <= rx_stamp
+
+
+def test_plain_path_reads_the_transmit_time_just_before_sending():
+    clock = CountingClock()
+    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, clock, batch=False)
+    lb = Loopback(server)
+    try:
+        reply, _, _ = lb.exchange(request())
+        r = NtpPacket.unpack(reply)
+        # The last read of the clock is the transmit timestamp, truncated.
+        assert r.transmit == _truncated_ntp64(clock.last)
+    finally:
+        lb.close()

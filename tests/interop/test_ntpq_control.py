@@ -12,7 +12,7 @@ import re
 import threading
 import time
 from collections.abc import Iterator
-from types import MethodType, SimpleNamespace
+from types import SimpleNamespace
 
 import pytest
 from interop_support import LOCAL_CONF, find_tool, ntp_query, port_free, run_tool
@@ -45,20 +45,6 @@ def ntpq(*args: str, timeout: float = 30.0) -> str:
     exe = find_tool("ntpq", "ntpsec")
     result = run_tool([exe, *args], timeout=timeout)
     return result.stdout + result.stderr
-
-
-def send_fragments(server: NtpServer) -> None:
-    """Let this server send a list of fragments (a mode-6 answer) as separate datagrams.
-
-    Needed until NtpServer itself accepts a list from its control handler.
-    """
-    single = server._send
-
-    def send(self, sock, reply, address, cmsg):  # type: ignore[no-untyped-def]
-        for part in reply if isinstance(reply, list) else [reply]:
-            single(sock, part, address, cmsg)
-
-    server._send = MethodType(send, server)  # type: ignore[method-assign]
 
 
 class LoopThread:
@@ -133,7 +119,6 @@ def fake_server() -> Iterator[tuple[str, Control]]:
     host = our_host()
     loop = EventLoop()
     server = NtpServer((host, 123), lambda: snap, clock, control_handler=control.handle)
-    send_fragments(server)
     server.attach(loop)
     runner = LoopThread(loop)
     try:
@@ -251,7 +236,6 @@ def core_daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str,
     daemon.start()
     for server in daemon.servers:
         server.control_handler = Control(DaemonView(daemon)).handle
-        send_fragments(server)
     runner = LoopThread(daemon.loop)
     try:
         deadline = time.monotonic() + 30
@@ -324,7 +308,6 @@ def test_ntpstat_reads_the_system_status():
     loop = EventLoop()
     server = NtpServer(("127.0.0.1", 123), lambda: snap, clock,
                        control_handler=Control(DaemonView(daemon)).handle)
-    send_fragments(server)
     server.attach(loop)
     runner = LoopThread(loop, 30)
     try:
