@@ -19,6 +19,8 @@ IGNORE = "ignore"
 SLEW = "slew"
 STEP = "step"
 PANIC = "panic"
+#: The kernel's PPS loop steers the clock (``stratum1.kerneldisc``): the offset was only measured.
+KERNEL = "kernel"
 
 #: The kernel's frequency range (ntpd and Linux both clamp to ±500 PPM).
 MAX_FREQ_PPM = 500.0
@@ -543,6 +545,26 @@ class Discipline:
         """Forget the sample history (keeps the frequency as a prior), e.g. after a source change."""
         self._prior = (self._freq_ppm, max(self._freq_sigma_ppm, 0.01))
         self._est = self._new_estimator()
+
+    def follow_external(self, now_ns: int, frequency_ppm: float) -> None:
+        """Another loop (the kernel's hardpps) steers the clock: no slew of ours is in progress,
+        the frequency is what it set, and offsets measured earlier stay where they were
+        (``offset_change`` is then about 0: that loop holds the phase)."""
+        self._corr.advance(now_ns)
+        self._corr.slew_left = 0.0
+        self._corr.freq_ppm = frequency_ppm
+        self._corr.commit()
+        self._freq_ppm = self._clamp(frequency_ppm)
+
+    def take_over(self, now_ns: int, frequency_ppm: float, sigma_ppm: float = 0.1) -> None:
+        """Resume this loop after another one steered the clock: start from its frequency
+        (applied at once, which also turns the kernel PLL off) with a fresh sample history."""
+        self.follow_external(now_ns, frequency_ppm)
+        if self._adjust:
+            self._clock.set_frequency(self._freq_ppm)
+        self._freq_sigma_ppm = max(sigma_ppm, 0.001)
+        self._spike_since = None
+        self.reset()
 
     def _new_estimator(self) -> _KalmanBank | _Regression:
         if self.estimator == "kalman":

@@ -108,10 +108,34 @@ class KernelTime:
     tai: int
     pps_frequency_ppm: float
     pps_jitter_ns: int
+    pps_stability_ppm: float = 0.0  # kernel PPS: RMS of successive frequency changes
+    pps_jitter_count: int = 0  # pulses refused for jitter (popcorn) since boot
+    pps_calibrations: int = 0  # PPS calibration intervals completed
+    pps_errors: int = 0  # calibration intervals discarded (bad pulse interval)
+    pps_stability_count: int = 0  # intervals discarded for wander
 
     @property
     def nano(self) -> bool:
         return bool(self.status & STA_NANO)
+
+    @property
+    def status_text(self) -> str:
+        """The status bits by name, as ``ntptime`` and ``ntpq -c kern`` print them."""
+        return status_names(self.status)
+
+
+_STATUS_NAMES = (
+    (STA_PLL, "PLL"), (STA_PPSFREQ, "PPSFREQ"), (STA_PPSTIME, "PPSTIME"), (STA_FLL, "FLL"),
+    (STA_INS, "INS"), (STA_DEL, "DEL"), (STA_UNSYNC, "UNSYNC"), (STA_FREQHOLD, "FREQHOLD"),
+    (STA_PPSSIGNAL, "PPSSIGNAL"), (STA_PPSJITTER, "PPSJITTER"), (STA_PPSWANDER, "PPSWANDER"),
+    (STA_PPSERROR, "PPSERROR"), (STA_CLOCKERR, "CLOCKERR"), (STA_NANO, "NANO"),
+    (STA_MODE, "MODE"), (STA_CLK, "CLK"),
+)
+
+
+def status_names(status: int) -> str:
+    """``0x2107`` -> ``"PLL,PPSFREQ,PPSTIME,PPSSIGNAL,NANO"`` (empty for no bits)."""
+    return ",".join(name for bit, name in _STATUS_NAMES if status & bit)
 
 
 def _load_adjtimex():
@@ -222,12 +246,23 @@ class KernelClock:
         self._call(tx)
 
     def set_kernel_pps(self, enabled: bool) -> None:
-        """Kernel PPS discipline (PPS driver ``flag3``; the PPS device must be bound first)."""
+        """Kernel PPS discipline (PPS driver ``flag3``; the PPS device must be bound first).
+
+        Turning it off also drops the phase correction the PPS loop left in the kernel PLL
+        (ADJ_OFFSET 0 while STA_PLL is still set), so it does not keep moving the clock under
+        the daemon's own loop; STA_PLL itself stays as it was (``set_frequency`` clears it).
+        """
         status = self.read().status
         pps = STA_PPSTIME | STA_PPSFREQ
         tx = Timex()
-        tx.modes = ADJ_STATUS
-        tx.status = (status | pps | STA_PLL) if enabled else (status & ~pps)
+        if enabled:
+            tx.modes = ADJ_STATUS | ADJ_NANO  # PPS jitter and PLL offset then read in ns
+            tx.status = status | pps | STA_PLL | STA_NANO
+        else:
+            # The kernel applies the status word before the offset, so PLL must stay on here.
+            tx.modes = ADJ_STATUS | ADJ_OFFSET | ADJ_NANO
+            tx.offset = 0
+            tx.status = status & ~pps
         self._call(tx)
 
     # --- plumbing -----------------------------------------------------------------------------
@@ -260,4 +295,9 @@ def _state(rc: int, tx: Timex) -> KernelTime:
         tai=tx.tai,
         pps_frequency_ppm=tx.ppsfreq / FREQ_SCALE,
         pps_jitter_ns=tx.jitter if nano else tx.jitter * 1000,
+        pps_stability_ppm=tx.stabil / FREQ_SCALE,
+        pps_jitter_count=tx.jitcnt,
+        pps_calibrations=tx.calcnt,
+        pps_errors=tx.errcnt,
+        pps_stability_count=tx.stbcnt,
     )

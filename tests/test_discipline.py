@@ -225,3 +225,23 @@ def test_offset_change_is_the_slew_made_net_of_the_estimated_drift() -> None:
     change = d.offset_change(T0, T0 + 10 * NS)
     assert change == pytest.approx(-0.002 - d.frequency_ppm() * 1e-6 * 10, abs=1e-9)
     assert d.offset_change(T0 + 10 * NS, T0) == 0.0
+
+
+def test_follow_external_then_take_over() -> None:
+    """Another loop (the kernel's hardpps) steered for a while; ours resumes at its frequency."""
+    clk = SimClock(T0, offset=0.0, freq_ppm=8.0, wander=0.0)
+    d = Discipline(clk)
+    d.update(-0.001, 1e-6, T0, poll=4)
+    assert clk.slew_remaining == pytest.approx(-0.001)
+    clk.advance_to(T0 + 100 * NS)
+    d.follow_external(T0 + 100 * NS, -8.0)
+    assert d.frequency_ppm() == -8.0
+    # With our slew forgotten and the frequency as set, an offset stays where it was.
+    assert d.offset_change(T0 + 100 * NS, T0 + 200 * NS) == pytest.approx(0.0, abs=1e-12)
+    assert clk.frequency() != -8.0  # following changes nothing on the clock
+    d.take_over(T0 + 200 * NS, -8.0, sigma_ppm=0.05)
+    assert clk.frequency() == -8.0
+    assert d.frequency_sigma_ppm == pytest.approx(0.05)
+    result = d.update(20e-6, 1e-6, T0 + 216 * NS, poll=4)
+    assert result.action == SLEW and result.samples == 1  # a fresh history
+    assert result.frequency_ppm == pytest.approx(-8.0, abs=0.1)  # the prior held it

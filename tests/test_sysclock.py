@@ -11,14 +11,20 @@ from stratum1.sample import LEAP_INSERT, LEAP_NONE
 from stratum1.sysclock import (
     ADJ_FREQUENCY,
     ADJ_NANO,
+    ADJ_OFFSET,
     ADJ_OFFSET_SINGLESHOT,
     ADJ_SETOFFSET,
     ADJ_STATUS,
     STA_INS,
+    STA_NANO,
     STA_PLL,
+    STA_PPSFREQ,
+    STA_PPSSIGNAL,
+    STA_PPSTIME,
     STA_UNSYNC,
     KernelClock,
     Timex,
+    status_names,
 )
 
 
@@ -98,3 +104,41 @@ def test_errors_are_oserrors() -> None:
     k = KernelClock(adjust=True, adjtimex=lambda ptr: -1)
     with pytest.raises(OSError):
         k.slew(0.001)
+
+
+def test_kernel_pps_on_and_off() -> None:
+    fake = FakeKernel()
+    fake.status = STA_UNSYNC
+    k = KernelClock(adjust=True, adjtimex=fake)
+    k.set_kernel_pps(True)
+    on = fake.calls[-1]
+    assert on["modes"] == ADJ_STATUS | ADJ_NANO
+    assert on["status"] & (STA_PPSTIME | STA_PPSFREQ | STA_PLL) == STA_PPSTIME | STA_PPSFREQ | STA_PLL
+    k.set_kernel_pps(False)
+    off = fake.calls[-1]
+    # Off drops the PPS loop's leftover phase correction: ADJ_OFFSET 0 while PLL is still on.
+    assert off["modes"] == ADJ_STATUS | ADJ_OFFSET | ADJ_NANO
+    assert off["offset"] == 0
+    assert off["status"] & STA_PLL and not off["status"] & (STA_PPSTIME | STA_PPSFREQ)
+    with pytest.raises(PermissionError):
+        KernelClock(adjtimex=fake).set_kernel_pps(True)
+
+
+def test_status_names_and_pps_counters() -> None:
+    assert status_names(0) == ""
+    assert status_names(STA_PLL | STA_PPSFREQ | STA_PPSTIME | STA_PPSSIGNAL | STA_NANO) == (
+        "PLL,PPSFREQ,PPSTIME,PPSSIGNAL,NANO")
+
+    def kernel(ptr) -> int:
+        tx = ptr._obj
+        tx.status, tx.stabil, tx.jitcnt, tx.calcnt, tx.errcnt, tx.stbcnt = (
+            STA_PPSSIGNAL | STA_NANO, 65536 // 4, 3, 40, 2, 1)
+        tx.jitter = 1500
+        return 0
+
+    kt = KernelClock(adjtimex=kernel).read()
+    assert kt.status_text == "PPSSIGNAL,NANO"
+    assert kt.pps_stability_ppm == 0.25
+    assert (kt.pps_jitter_count, kt.pps_calibrations, kt.pps_errors, kt.pps_stability_count) == (
+        3, 40, 2, 1)
+    assert kt.pps_jitter_ns == 1500
