@@ -28,7 +28,7 @@ class _NullCtx:
         self.address = "127.127.20.0"
         self.samples = 0
 
-    def add_sample(self, sample) -> None:
+    def add_sample(self, sample, *, lock_only=False) -> None:
         self.samples += 1
 
     def add_pulse(self, local_ns) -> None:

@@ -2,7 +2,9 @@
 
 The driver sends ``?WATCH={"enable":true,"json":true,"pps":true}`` and turns gpsd's TOFF reports
 (serial time: the fix's second and the system time its sentence arrived) into samples and its
-PPS reports into pulses. When gpsd goes away the unit reopens the connection with back-off.
+PPS reports into pulses. Mode 1 (strict) hands TOFF over only to number the pulses, so the
+unit serves PPS or nothing; mode 2 (auto) uses pulses when they come and serial time otherwise.
+When gpsd goes away the unit reopens the connection with back-off.
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ class GpsdDriver(RefclockDriver):
         return not self.secondary
 
     @property
+    def strict(self) -> bool:
+        """Mode 1: only PPS pulses numbered by TOFF reports reach the clock (no serial time)."""
+        return not self.secondary and (self.config.mode or MODE_SERIAL) == MODE_STRICT
+
+    @property
     def use_pps(self) -> bool:
         if self.flag(2):
             return False
@@ -263,7 +270,11 @@ class GpsdDriver(RefclockDriver):
         if self.fix_mode is not None and self.fix_mode < 2:
             self.ctx.count("no_fix")  # gpsd has time but no fix: not to be trusted
             return
-        self.ctx.add_sample(Sample(local, real))
+        if self.strict:
+            # Mode 1 serves PPS or nothing: the TOFF only numbers the pulses that follow.
+            self.ctx.add_sample(Sample(local, real), lock_only=True)
+        else:
+            self.ctx.add_sample(Sample(local, real))
         if self.flag(4):
             self.ctx.log_timecode(f"TOFF {real // NS_PER_S}.{real % NS_PER_S:09d} {local // NS_PER_S}.{local % NS_PER_S:09d}")
 
@@ -279,6 +290,13 @@ class GpsdDriver(RefclockDriver):
         if self.flag(4):
             self.ctx.log_timecode(f"PPS {real // NS_PER_S}.{real % NS_PER_S:09d} {local // NS_PER_S}.{local % NS_PER_S:09d}")
 
+    def _role(self) -> str:
+        if self.secondary:
+            return "pps"
+        if self.strict:
+            return "pps+toff" if self.use_pps else "none (mode 1 needs PPS, flag2 ignores it)"
+        return "serial+pps" if self.use_pps else "serial"
+
     def status(self) -> dict[str, Any]:
         st: dict[str, Any] = {
             "device": str(self.target),
@@ -286,7 +304,7 @@ class GpsdDriver(RefclockDriver):
             "gpsd_version": self.version,
             "fix_mode": self.fix_mode,
             "gpsd_devices": list(self.devices),
-            "role": "pps" if self.secondary else ("serial" if not self.use_pps else "serial+pps"),
+            "role": self._role(),
             **self.tally,
         }
         if self.last_error:

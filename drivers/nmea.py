@@ -4,6 +4,7 @@ decoder (nmea_decode) and the refclock framework; optionally hands PPS edges ove
 
 from __future__ import annotations
 
+import errno
 import logging
 import statistics
 from collections import deque
@@ -79,6 +80,13 @@ def default_pps_source(path: str, clear_edge: bool, clock: Any) -> PpsSource:
     return KernelPps(path, edge)
 
 
+def default_dcd_source(port: Any, clear_edge: bool) -> PpsSource:
+    """PPS on the serial port's DCD pin through the kernel's PPS line discipline."""
+    from stratum1.hw.pps import EDGE_ASSERT, EDGE_CLEAR, SerialDcdPps
+
+    return SerialDcdPps(port, EDGE_CLEAR if clear_edge else EDGE_ASSERT)
+
+
 @register
 class NmeaDriver(RefclockDriver):
     type = 20
@@ -91,7 +99,7 @@ class NmeaDriver(RefclockDriver):
     fudge_meanings = {
         "time1": "PPS offset, seconds",
         "time2": "serial end-of-line delay of the timing sentence, seconds",
-        "flag1": "use PPS (ppspath, else /dev/gpspps{unit})",
+        "flag1": "use PPS (ppspath, else /dev/gpspps{unit}, else the port's DCD line)",
         "flag2": "PPS on the clear (trailing) edge",
         "flag3": "kernel PPS discipline",
         "flag4": "obscure the position in clockstats and status",
@@ -111,6 +119,7 @@ class NmeaDriver(RefclockDriver):
         *,
         port_factory: Callable[..., Any] | None = None,
         pps_factory: Callable[[str, bool, Any], PpsSource] | None = None,
+        dcd_factory: Callable[[Any, bool], PpsSource] | None = None,
         pivot_ns: int = DEFAULT_PIVOT_NS,
         char_ns: int | None = None,
     ) -> None:
@@ -128,11 +137,14 @@ class NmeaDriver(RefclockDriver):
         self._char_ns = char_ns
         self._port_factory = port_factory
         self._pps_factory = pps_factory or default_pps_source
+        self._dcd_factory = dcd_factory or default_dcd_source
         self.decoder = NmeaDecoder(self.mode, pivot_ns)
         self.framer = NmeaFramer()
         self.port: Any = None
         self.pps: PpsSource | None = None
         self.pps_error: str | None = None
+        #: What the pulses come from once open: ppspath, or "<tty> DCD (/dev/ppsN)".
+        self.pps_device: str | None = None
         self._last_edge: int | None = None
         self._last_edge_key: tuple[int | None, int] | None = None
         self._latencies: deque[int] = deque(maxlen=LATENCY_WINDOW)  # eol - edge, ns
@@ -166,32 +178,52 @@ class NmeaDriver(RefclockDriver):
         self.last_data_mono = self.ctx.loop.now_ns()
         self.silent = False
         if self.ppspath:
-            try:
-                pps = self._pps_factory(self.ppspath, self.flag(2), self.ctx.clock)
-                pps.open()
-                self.pps = pps
-                self.pps_error = None
-            except (OSError, ImportError, ValueError) as exc:
-                # NMEA alone still numbers the seconds: run without PPS and say why
-
-                self.pps = None
-                self.pps_error = str(exc)
-                log.warning("NMEA unit: PPS %s unavailable: %s", self.ppspath, exc)
+            self._open_pps()
         self._watchdog = self.ctx.loop.call_every(0.25, self._tick)
 
     def close(self) -> None:
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
-        if self.port is not None:
-            self.port.close()
-            self.port = None
-        pps, self.pps = self.pps, None
+        pps, self.pps = self.pps, None  # first: PPS on DCD lives on the port
         if pps is not None and hasattr(pps, "close"):
             try:
                 pps.close()
             except OSError:
                 pass
+        if self.port is not None:
+            self.port.close()
+            self.port = None
+
+    def _open_pps(self) -> None:
+        """ppspath, else (flag1) /dev/gpsppsU, else PPS on the port's own DCD line, as ntpd
+        does. Without PPS the unit keeps serving serial time and its status says why."""
+        assert self.ppspath is not None
+        self.pps, self.pps_device = None, None
+        try:
+            pps = self._pps_factory(self.ppspath, self.flag(2), self.ctx.clock)
+            pps.open()
+        except (OSError, ImportError, ValueError) as exc:
+            missing = isinstance(exc, OSError) and exc.errno == errno.ENOENT
+            if not (missing and self.use_pps and not getattr(self.config, "ppspath", None)):
+                self.pps_error = _message(exc)
+                log.warning("NMEA %s: PPS %s unavailable: %s", self.path, self.ppspath,
+                            self.pps_error)
+                return
+        else:
+            self.pps, self.pps_device, self.pps_error = pps, self.ppspath, None
+            return
+        # No /dev/gpsppsU: the pulse is on this port's DCD pin, or nowhere.
+        try:
+            dcd = self._dcd_factory(self.port, self.flag(2))
+            dcd.open()
+        except (OSError, ValueError) as exc:
+            self.pps_error = f"{_message(exc)} (and there is no {self.ppspath})"
+            log.warning("NMEA %s: %s", self.path, self.pps_error)
+            return
+        self.pps, self.pps_error = dcd, None
+        self.pps_device = str(getattr(dcd, "description", f"{self.path} DCD"))
+        log.info("NMEA %s: PPS on DCD through %s", self.path, self.pps_device)
 
     # -- data path ----------------------------------------------------------------------------
     def _on_error(self, message: str) -> None:
@@ -325,7 +357,7 @@ class NmeaDriver(RefclockDriver):
             out["eol_fraction_ms"] = round(statistics.median(self._eol_fraction) / 1e6, 3)
         if self.ppspath:
             out["pps"] = {
-                "path": self.ppspath,
+                "path": self.pps_device or self.ppspath,
                 "open": self.pps is not None,
                 "error": self.pps_error,
                 "used": self.pps_used,
@@ -337,6 +369,13 @@ class NmeaDriver(RefclockDriver):
                 med = statistics.median(self._burst_latencies)
                 out["burst_latency_ms"] = round(med / 1e6, 3)
         return out
+
+
+def _message(exc: BaseException) -> str:
+    """An error's text without Python's "[Errno N]" prefix."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{exc.filename}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _obscure(sentence: Any) -> str:

@@ -276,3 +276,127 @@ class KernelPps:
             except OSError:
                 pass  # the device is going away anyway
         os.close(fd)
+
+
+# -- PPS on a serial port's DCD line --------------------------------------------------------------
+
+#: Where the kernel lists PPS sources; each ppsN directory has a ``path`` naming the port that
+#: feeds it (pps-ldisc writes "/dev/<tty>").
+SYSFS_PPS = "/sys/class/pps"
+
+
+def find_pps_device(tty_path: str, sysfs_root: str = SYSFS_PPS, dev_root: str = "/dev") -> str | None:
+    """The /dev/ppsN that the PPS line discipline registered for ``tty_path`` (a symlink such
+    as /dev/gps0 is followed), or None when no PPS source names that port."""
+    wanted = {tty_path, os.path.realpath(tty_path)}
+    try:
+        names = sorted(os.listdir(sysfs_root))
+    except OSError:
+        return None
+    for name in names:
+        if not name.startswith("pps"):
+            continue
+        try:
+            with open(os.path.join(sysfs_root, name, "path"), encoding="utf-8",
+                      errors="replace") as f:
+                source = f.read().strip()
+        except OSError:
+            continue
+        if source and (source in wanted or os.path.realpath(source) in wanted):
+            return os.path.join(dev_root, name)
+    return None
+
+
+class LineDisciplinePort(Protocol):
+    """What SerialDcdPps needs of the serial port (stratum1.hw.serial.SerialPort)."""
+
+    path: str
+
+    def set_line_discipline(self, ldisc: int) -> None: ...
+
+
+def _ldisc_problem(tty: str, exc: OSError) -> str:
+    if exc.errno == errno.EINVAL:
+        return (f"the kernel refuses the PPS line discipline on {tty}: no pps_ldisc "
+                "(CONFIG_PPS_CLIENT_LDISC; try 'modprobe pps_ldisc'), or the port is a "
+                "pseudo-terminal")
+    if exc.errno in (errno.EPERM, errno.EACCES):
+        return (f"setting the PPS line discipline on {tty} needs CAP_SYS_ADMIN to load "
+                "pps_ldisc: load it at boot ('modprobe pps_ldisc')")
+    if exc.errno == errno.ENOTTY:
+        return f"{tty} is not a serial port"
+    return f"TIOCSETD N_PPS on {tty} failed: {exc.strerror or exc}"
+
+
+class SerialDcdPps:
+    """PPS wired to a serial port's DCD pin, as ntpd takes it from a tty: the kernel's PPS line
+    discipline (N_PPS, what ``ldattach 18`` sets) stamps each DCD change and registers a
+    /dev/ppsN whose sysfs ``path`` names the port; that device is then read as a KernelPps.
+
+    The serial port stays readable under N_PPS; the kernel restores N_TTY when it is closed.
+    """
+
+    def __init__(
+        self,
+        port: LineDisciplinePort,
+        edge: str = EDGE_ASSERT,
+        *,
+        sysfs_root: str = SYSFS_PPS,
+        dev_root: str = "/dev",
+    ) -> None:
+        if edge not in (EDGE_ASSERT, EDGE_CLEAR):
+            raise ValueError(f"PPS edge must be {EDGE_ASSERT!r} or {EDGE_CLEAR!r}, not {edge!r}")
+        self.port = port
+        self.edge = edge
+        self.sysfs_root = sysfs_root
+        self.dev_root = dev_root
+        self.description = f"{port.path} DCD"
+        self.device: str | None = None
+        self.kernel: KernelPps | None = None
+
+    def open(self) -> None:
+        """Attach the line discipline and open its /dev/ppsN. Raises PpsError starting with
+        "PPS on DCD unavailable:" and saying why."""
+        if self.kernel is not None:
+            return
+        from stratum1.hw.serial import N_PPS
+
+        tty = self.port.path
+        try:
+            self.port.set_line_discipline(N_PPS)
+        except OSError as exc:
+            raise PpsError(exc.errno or errno.EIO,
+                           f"PPS on DCD unavailable: {_ldisc_problem(tty, exc)}") from exc
+        device = find_pps_device(tty, self.sysfs_root, self.dev_root)
+        if device is None:
+            self._detach()
+            raise PpsError(errno.ENODEV, f"PPS on DCD unavailable: the PPS line discipline is set"
+                           f" on {tty} but no {self.sysfs_root}/ppsN names it")
+        kernel = KernelPps(device, self.edge)
+        try:
+            kernel.open()
+        except OSError as exc:
+            self._detach()
+            raise PpsError(exc.errno or errno.EIO, f"PPS on DCD unavailable: {exc}") from exc
+        self.kernel, self.device = kernel, device
+        self.description = f"{tty} DCD ({device})"
+
+    def fetch(self) -> list[Edge]:
+        if self.kernel is None:
+            return []
+        return self.kernel.fetch()
+
+    def close(self) -> None:
+        kernel, self.kernel = self.kernel, None
+        if kernel is None:
+            return
+        kernel.close()
+        self._detach()
+
+    def _detach(self) -> None:
+        from stratum1.hw.serial import N_TTY
+
+        try:
+            self.port.set_line_discipline(N_TTY)
+        except OSError:
+            pass  # the port is closed already: the kernel has dropped N_PPS itself

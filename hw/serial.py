@@ -5,8 +5,11 @@ the EventLoop, and estimate when each byte arrived (the first byte of a burst, n
 from __future__ import annotations
 
 import errno
+import fcntl
 import logging
 import os
+import struct
+import termios
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -21,6 +24,25 @@ NS_PER_S = 1_000_000_000
 #: An idle line for this long ends a burst: receivers send one burst per second.
 DEFAULT_GAP_NS = 100_000_000
 READ_SIZE = 4096
+
+
+#: Line disciplines (include/uapi/linux/tty.h): the normal one, and the PPS one that stamps
+#: each DCD change and registers a /dev/ppsN for the port (CONFIG_PPS_CLIENT_LDISC).
+N_TTY = 0
+N_PPS = 18
+TIOCSETD = getattr(termios, "TIOCSETD", 0x5423)
+TIOCGETD = getattr(termios, "TIOCGETD", 0x5424)
+_INT = struct.Struct("=i")
+
+
+def set_line_discipline(fd: int, ldisc: int) -> None:
+    """TIOCSETD on a tty descriptor. Raises OSError: EINVAL when the kernel has no such
+    discipline (module missing, or a pty), EPERM when loading its module needs privilege."""
+    fcntl.ioctl(fd, TIOCSETD, _INT.pack(ldisc))
+
+
+def get_line_discipline(fd: int) -> int:
+    return int(_INT.unpack(fcntl.ioctl(fd, TIOCGETD, bytes(_INT.size)))[0])
 
 
 def char_time_ns(baud: int, bits_per_char: int = 10) -> int:
@@ -172,6 +194,17 @@ class SerialPort:
             return os.write(self._fd, data)
         except BlockingIOError:
             return 0
+
+    def fileno(self) -> int | None:
+        """The open tty's descriptor (None when closed)."""
+        return self._fd
+
+    def set_line_discipline(self, ldisc: int) -> None:
+        """Switch the open tty's line discipline (N_PPS: PPS on DCD; reading goes on as
+        before). The kernel drops it back to N_TTY when the port is finally closed."""
+        if self._fd is None:
+            raise OSError(errno.EBADF, f"{self.path} is not open")
+        set_line_discipline(self._fd, ldisc)
 
     def dcd(self) -> bool | None:
         """The DCD modem line (where PPS is wired on many GPS boards), None if unknown."""

@@ -32,6 +32,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-discipline", action="store_true", help="serve time but never adjust the clock")
     p.add_argument("--listen", action="append", metavar="ADDR:PORT", default=[],
                    help="serve on this address and port instead of port 123 everywhere (repeatable)")
+    p.add_argument("--workers", metavar="N", type=int, default=0,
+                   help="answer clients in N extra SO_REUSEPORT processes (needs --listen)")
     p.add_argument("--metrics", metavar="ADDR:PORT",
                    help="serve Prometheus metrics at http://ADDR:PORT/metrics (needs prometheus-client)")
     p.add_argument("--demo", action="store_true",
@@ -55,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     dlist = dsub.add_parser("list", help="every driver, configured unit, device and live status")
     dlist.add_argument("-c", dest="conffile", metavar="FILE", default=None)
     dlist.add_argument("--json", action="store_true", help="machine-readable output")
+    dlist.add_argument("--host", metavar="HOST[:PORT]", default=None,
+                       help="ask this daemon for live status (default: the local one on port 123)")
 
     q = sub.add_parser("query", help="ask an NTP server for the time (any port)")
     q.add_argument("server", help="HOST, HOST:PORT or [IPv6]:PORT")
@@ -91,10 +95,10 @@ def cmd_config_check(path: str) -> int:
     return 0
 
 
-def cmd_drivers_list(conffile: str | None, as_json: bool) -> int:
+def cmd_drivers_list(conffile: str | None, as_json: bool, host: str | None = None) -> int:
     from .driverslist import main as drivers_main
 
-    return drivers_main(conffile, as_json)
+    return drivers_main(conffile, as_json, host=host)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -118,6 +122,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config" and args.config_command == "check":
         return cmd_config_check(args.file)
     if args.command == "drivers" and args.drivers_command == "list":
-        return cmd_drivers_list(args.conffile, args.json)
+        return cmd_drivers_list(args.conffile, args.json, args.host)
     parser.print_help(sys.stderr)
     return 2

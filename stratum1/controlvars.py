@@ -269,11 +269,79 @@ def clock_variables(status: Mapping[str, Any], description: str = "") -> Variabl
         if name and name not in taken:
             taken.add(name)
             items.append((name, _scalar(value)))
+    items += unit_variables(status)
     extra: list[tuple[str, str]] = [("path", quote(status.get("device") or ""))]
     for name in ("state", "samples", "pulses", "faults", "last_fault", "event_text"):
         if name in status and name not in taken:
             extra.append((name, _scalar(status[name])))
     return Variables(tuple(items), tuple(extra))
+
+
+#: Prefix of the clock variables that ``stratum1 drivers list`` reads; ntpq prints them as
+#: it prints any driver's own variables, and no ntpd variable starts with it.
+UNIT_PREFIX = "s1_"
+#: Counters that mean bad input or unusable pulses, summed as ``s1_errors``.
+ERROR_COUNTERS = ("badformat", "baddata", "badsamples", "ambiguous_pulses")
+
+
+def unit_variables(status: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The ``s1_*`` clock variables from ``RefclockUnit.status()``: what ``drivers list``
+    shows of a live unit. Unknown values (never sampled, no fault yet) are left out; times
+    and offsets are seconds."""
+    counters = status.get("counters")
+    counters = counters if isinstance(counters, Mapping) else {}
+    driver = status.get("driver_status")
+    driver = driver if isinstance(driver, Mapping) else {}
+    pps = driver.get("pps")
+    pps = pps if isinstance(pps, Mapping) else {}
+    values: list[tuple[str, Any, str]] = [
+        ("address", status.get("address"), "s"),
+        ("name", status.get("name"), "s"),
+        ("driver", status.get("driver"), "s"),
+        ("device", status.get("device"), "s"),
+        ("state", status.get("state"), "s"),
+        ("age", status.get("last_sample_age"), ".3f"),
+        ("offset", status.get("offset"), ".9f"),
+        ("jitter", status.get("jitter"), ".9f"),
+        ("reach", status.get("reach"), "d"),
+        ("pps", status.get("pps"), "b"),
+        ("samples", status.get("samples"), "d"),
+        ("pulses", status.get("pulses"), "d"),
+        ("errors", sum(_int(counters.get(k)) for k in ERROR_COUNTERS), "d"),
+        ("noreply", status.get("noreply"), "d"),
+        ("faults", status.get("faults"), "d"),
+        ("event", status.get("event_text"), "s"),
+        ("fault", status.get("last_fault"), "s"),
+        ("fault_age", status.get("last_fault_age"), ".3f"),
+        ("retry_in", status.get("retry_in"), ".3f"),
+        ("time2", driver.get("time2_suggested"), ".4f"),
+        ("pps_device", pps.get("path"), "s"),
+        ("pps_error", pps.get("error"), "s"),
+    ]
+    out = []
+    for name, value, kind in values:
+        text = _unit_value(value, kind)
+        if text is not None:
+            out.append((UNIT_PREFIX + name, text))
+    return out
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _unit_value(value: Any, kind: str) -> str | None:
+    if value is None or value == "" and kind == "s":
+        return None
+    if kind == "s":
+        return quote(value)
+    if kind == "b":
+        return "1" if value else "0"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if kind == "d":
+        return str(int(value))
+    return format(float(value), kind) if math.isfinite(value) else None
 
 
 def _var_name(key: str) -> str:
@@ -486,4 +554,5 @@ __all__ = [
     "peer_variables",
     "quote",
     "system_variables",
+    "unit_variables",
 ]

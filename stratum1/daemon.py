@@ -61,6 +61,7 @@ class RunOptions:
     demo: bool = False
     metrics: str | None = None
     update_interval: int | None = None  # -U: interface rescan, s (0: never)
+    workers: int = 0  # --workers: extra SO_REUSEPORT serving processes per --listen address
 
 
 def parse_listen(spec: str) -> tuple[str, int]:
@@ -98,8 +99,13 @@ def options_from_args(args: argparse.Namespace) -> RunOptions:
         demo=args.demo,
         update_interval=args.update_interval,
         metrics=getattr(args, "metrics", None),
+        workers=getattr(args, "workers", 0) or 0,
     )
     opts.listen = [parse_listen(s) for s in args.listen]
+    if opts.workers < 0:
+        raise ValueError("--workers: expected a number of processes, 0 or more")
+    if opts.workers and not opts.listen:
+        raise ValueError("--workers needs --listen ADDR:PORT (workers serve fixed addresses)")
     for name in ("driftfile", "statsdir", "keys", "logfile", "pidfile"):
         value = getattr(args, name, None)
         if value is not None:
@@ -181,11 +187,13 @@ class Daemon:
         self.metrics: Any = None
         self._stats_timer: Timer | None = None
         self.started_ns = clock.now_ns()
+        self._pools: dict[tuple[str, int], Any] = {}
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
         self._build_access(self.config)
         self._build_system()
+        self._start_workers()
         self._start_stats()
         self._open_servers()
         self._start_sources(self.config)
@@ -215,8 +223,8 @@ class Daemon:
         )
 
     def _build_system(self) -> None:
-        from .discipline import Discipline
         from .driftfile import DriftFile
+        from .kerneldisc import KernelDiscipline, wants_kernel
         from .leap import LeapScheduler
         from .system import SystemProcess, measure_precision
 
@@ -237,8 +245,9 @@ class Daemon:
             value = getattr(tinker, name, None)
             if value is not None:
                 extra[name] = value
-        self.discipline = Discipline(
+        self.discipline = KernelDiscipline(
             self.clock,
+            kernel=wants_kernel(self.config.enabled),
             step_threshold=step,
             allow_first_big_step=self.opts.allow_big_step,
             initial_frequency_ppm=initial_ppm,
@@ -351,6 +360,25 @@ class Daemon:
         )
         return [((b.address, 123), b.drop) for b in plan]
 
+    def _start_workers(self) -> None:
+        """Fork the ``--workers`` serving processes, before any thread or main socket exists
+        (a fork copies only the calling thread and should not inherit our sockets)."""
+        if not self.opts.workers:
+            return
+        from .workers import WorkerPool
+
+        for address in self.opts.listen:
+            pool = WorkerPool(
+                address,
+                self.opts.workers,
+                self.clock,
+                access=self.access.server_hook,
+                authenticate=self.authenticate,
+                server_options={"kernel_timestamps": _is_system_clock(self.clock)},
+            )
+            pool.start(self.snapshot)
+            self._pools[address] = pool
+
     def _open_servers(self) -> None:
         """Open a server socket for every binding not open yet; close those no longer wanted
         (addresses that went away, rules that changed). Run at start, on reload and every
@@ -386,6 +414,7 @@ class Daemon:
                 authenticate=self.authenticate,
                 peer_handler=self.peer_packet,
                 access=_drop_all if drop else self.access.server_hook,
+                reuse_port=address in self._pools,
             )
             try:
                 server.attach(self.loop)
@@ -395,6 +424,9 @@ class Daemon:
                 log.warning("not serving on %s (%s)", address[0], exc.strerror)
                 continue
             self._bound[address] = (server, drop)
+            pool = self._pools.get(address)
+            if pool is not None:
+                pool.attach(self.loop, server, self.get_snapshot)
 
     @property
     def servers(self) -> list[Any]:
@@ -485,12 +517,22 @@ class Daemon:
         seconds, the drift file, and the exits that -q and the panic threshold ask for."""
         now = self.clock.now_ns()
         self.system.update(now)
+        self.discipline.set_hardpps(self._hardpps_bound(), now)
+        self.discipline.tick(now, self.system.snapshot)
         self._leap_tick(now)
         if self.drift is not None and self.clock.can_adjust:
             self.drift.maybe_write(
                 self.discipline.frequency_ppm(), now, sigma_ppm=self.discipline.frequency_sigma_ppm
             )
         self._after_update()
+
+    def _hardpps_bound(self) -> bool:
+        """A PPS unit bound the kernel hardpps consumer to its device (flag3)."""
+        for source in self.sources:
+            driver = source.unit.driver
+            if driver is not None and driver.status().get("hardpps"):
+                return True
+        return False
 
     def _after_update(self) -> None:
         system = self.system
@@ -599,6 +641,9 @@ class Daemon:
         self._load_leapfile(new.leapfile)
         self.stats.reconfigure(new)
         self.config = new
+        from .kerneldisc import wants_kernel
+
+        self.discipline.set_kernel(wants_kernel(new.enabled), self.clock.now_ns())
         self._open_servers()
         return None
 
@@ -619,7 +664,11 @@ class Daemon:
         for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer, self._stats_timer):
             if timer is not None:
                 timer.cancel()
+        if self.discipline is not None:
+            self.discipline.close(self.clock.now_ns())  # the kernel PPS loop must not outlive us
         self._stop_sources()
+        for pool in self._pools.values():
+            pool.stop()
         for server in self.servers:
             server.close()
         self.loop.close()

@@ -4,11 +4,14 @@ configured unit and its live state, and candidate devices with the config line f
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from .controlvars import ERROR_COUNTERS, UNIT_PREFIX
+from .query import split_hostport
 from .refclock.discover import DeviceRecord, candidates, udev_records
 from .refclock.presence import Prober
 from .refclock.registry import all_drivers, lookup
@@ -17,6 +20,11 @@ if TYPE_CHECKING:
     from .config.model import Config
 
 DEFAULT_CONFIG = "/etc/stratum1/ntp.conf"
+DEFAULT_HOST = "127.0.0.1:123"
+#: How long to wait for the daemon before describing units from the configuration alone.
+DEFAULT_TIMEOUT_S = 1.0
+#: Association limit: a server with more than this many is not ours to list exhaustively.
+MAX_ASSOCIATIONS = 512
 
 
 def render(
@@ -26,10 +34,12 @@ def render(
     *,
     prober: Prober | None = None,
     records: Callable[[], Iterable[DeviceRecord]] = udev_records,
+    daemon: dict[str, Any] | None = None,
 ) -> str:
     """The report as text (tables) or JSON. ``live`` is the daemon's ``RefclockUnit.status()``
-    list when a daemon runs; otherwise units are described from ``config`` alone."""
-    report = build_report(config, live, prober=prober, records=records)
+    list (or ``query_daemon``'s) when a daemon runs; otherwise units are described from
+    ``config`` alone. ``daemon`` says where the daemon was asked and why it did not answer."""
+    report = build_report(config, live, prober=prober, records=records, daemon=daemon)
     if as_json:
         return json.dumps(report, indent=2, sort_keys=True)
     return format_report(report)
@@ -41,6 +51,7 @@ def build_report(
     *,
     prober: Prober | None = None,
     records: Callable[[], Iterable[DeviceRecord]] = udev_records,
+    daemon: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     prober = prober or Prober()
     drivers = []
@@ -59,6 +70,11 @@ def build_report(
             }
         )
     units = _live_units(live) if live is not None else _config_units(config)
+    if live is not None:
+        where = {rc.address: str(rc.location) for rc in getattr(config, "refclocks", ()) or ()
+                 if rc.location is not None}
+        for u in units:
+            u["location"] = where.get(u["address"] or "")
     used: dict[str, set[int]] = {}
     for rc in getattr(config, "refclocks", ()) or ():
         cls = lookup(rc.type)
@@ -72,6 +88,7 @@ def build_report(
         discovery_error = None
     return {
         "source": "daemon" if live is not None else ("config" if config is not None else "none"),
+        "daemon": daemon,
         "drivers": drivers,
         "units": units,
         "candidates": found,
@@ -111,11 +128,14 @@ def _config_units(config: Config | None) -> list[dict[str, Any]]:
 def _live_units(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
     units = []
     for st in live:
-        counters = st.get("counters") or {}
-        errors = sum(
-            int(counters.get(k, 0))
-            for k in ("badformat", "baddata", "badsamples", "ambiguous_pulses")
-        )
+        if "errors" in st:
+            errors = int(st.get("errors") or 0)
+        else:
+            counters = st.get("counters") or {}
+            errors = sum(int(counters.get(k, 0)) for k in ERROR_COUNTERS)
+        driver_status = st.get("driver_status") or {}
+        pps = driver_status.get("pps") if isinstance(driver_status, dict) else None
+        pps = pps if isinstance(pps, dict) else {}
         units.append(
             {
                 "address": st.get("address"),
@@ -129,15 +149,127 @@ def _live_units(live: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 "offset": st.get("offset"),
                 "jitter": st.get("jitter"),
                 "reach": st.get("reach"),
+                "pps": st.get("pps"),
                 "samples": int(st.get("samples") or 0) + int(st.get("pulses") or 0),
                 "errors": errors,
                 "faults": st.get("faults"),
                 "noreply": st.get("noreply"),
                 "last_fault": st.get("last_fault"),
+                "last_fault_age": st.get("last_fault_age"),
+                "retry_in": st.get("retry_in"),
                 "event_text": st.get("event_text"),
+                "time2_suggested": st.get("time2_suggested", driver_status.get("time2_suggested")
+                                          if isinstance(driver_status, dict) else None),
+                "pps_device": st.get("pps_device", pps.get("path")),
+                "pps_error": st.get("pps_error", pps.get("error")),
             }
         )
     return units
+
+
+# -- the live daemon --------------------------------------------------------------------------
+def query_daemon(
+    host: str = DEFAULT_HOST, timeout: float = DEFAULT_TIMEOUT_S
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """Ask the daemon at ``host`` (HOST, HOST:PORT, [IPv6]:PORT) over mode 6 for every
+    refclock association: ``(units, None)``, or ``(None, why)`` when nothing usable answered.
+
+    Each unit is a dict with ``RefclockUnit.status()``'s keys, read from the ``s1_*`` clock
+    variables; from an ntpd (no ``s1_*``) what its ``rv``/``cv`` carry is filled in instead.
+    """
+    from .status import ControlClient, Mode6Error
+
+    try:
+        name, port = split_hostport(host, 123)
+    except ValueError:
+        port = -1
+    if not 0 < port < 65536:
+        return None, f"bad daemon address {host!r}: expected HOST or HOST:PORT"
+    where = f"[{name}]:{port}" if ":" in name else f"{name}:{port}"
+    try:
+        with ControlClient(name, port, timeout) as client:
+            # Connected, so a closed port is refused at once instead of timing out.
+            client.sock.connect(client.address)
+            units = []
+            for assoc_id, _status in client.associations()[:MAX_ASSOCIATIONS]:
+                try:
+                    peer = client.read_variables(assoc_id)
+                    if not peer.get("srcadr", "").startswith("127.127."):
+                        continue
+                    clock = client.read_clock(assoc_id)
+                except Mode6Error:
+                    continue  # gone between the list and the read, or not a clock
+                units.append(unit_from_variables(peer, clock))
+    except TimeoutError:
+        return None, f"no answer from {where}"
+    except Mode6Error as exc:
+        return None, f"{where} refused the query: {exc}"
+    except OSError as exc:
+        return None, f"cannot query {where}: {exc.strerror or exc}"
+    return units, None
+
+
+def unit_from_variables(peer: dict[str, str], clock: dict[str, str]) -> dict[str, Any]:
+    """One unit's status-like dict from its ``rv &N`` and ``cv &N`` values."""
+    s1 = {k[len(UNIT_PREFIX):]: v for k, v in clock.items() if k.startswith(UNIT_PREFIX)}
+    if s1:
+        reach = _to_int(s1.get("reach"))
+        offset, jitter = _to_float(s1.get("offset")), _to_float(s1.get("jitter"))
+        errors = _to_int(s1.get("errors")) or 0
+    else:  # not ours (an ntpd): what rv and cv say, in ntpd's units
+        reach = _to_int(peer.get("reach"))
+        offset, jitter = _ms(peer.get("offset")), _ms(peer.get("jitter"))
+        errors = (_to_int(clock.get("badformat")) or 0) + (_to_int(clock.get("baddata")) or 0)
+    state = s1.get("state")
+    return {
+        "address": s1.get("address") or peer.get("srcadr"),
+        "name": s1.get("name") or peer.get("srchost") or peer.get("srcadr"),
+        "driver": s1.get("driver") or clock.get("device"),
+        "device": s1.get("device") or "",
+        "state": state,
+        "opened": None if state is None else state == "open",
+        "last_sample_age": _to_float(s1.get("age")),
+        "offset": offset,
+        "jitter": jitter,
+        "reach": reach,
+        "pps": None if "pps" not in s1 else s1["pps"] == "1",
+        "samples": _to_int(s1.get("samples")) or 0,
+        "pulses": _to_int(s1.get("pulses")) or 0,
+        "errors": errors,
+        "faults": _to_int(s1.get("faults")),
+        "noreply": _to_int(s1.get("noreply", clock.get("noreply"))),
+        "last_fault": s1.get("fault"),
+        "last_fault_age": _to_float(s1.get("fault_age")),
+        "retry_in": _to_float(s1.get("retry_in")),
+        "event_text": s1.get("event"),
+        "time2_suggested": _to_float(s1.get("time2")),
+        "pps_device": s1.get("pps_device"),
+        "pps_error": s1.get("pps_error"),
+    }
+
+
+def _to_int(text: str | None) -> int | None:
+    if not text:
+        return None
+    try:
+        if len(text) > 1 and text[0] == "0" and text.isdigit():
+            return int(text, 8)  # C's leading-zero octal (reach from some servers)
+        return int(text, 0)
+    except ValueError:
+        return None
+
+
+def _to_float(text: str | None) -> float | None:
+    try:
+        value = float(text) if text else None
+    except ValueError:
+        return None
+    return value if value is None or math.isfinite(value) else None
+
+
+def _ms(text: str | None) -> float | None:
+    value = _to_float(text)
+    return None if value is None else value / 1e3
 
 
 # -- text -------------------------------------------------------------------------------------
@@ -159,31 +291,40 @@ def format_report(report: dict[str, Any]) -> str:
     )
     out.append("")
     source = report["source"]
-    title = {"daemon": "Units (live)", "config": "Units (from the configuration; daemon not running)"}
-    out.append(title.get(source, "Units"))
+    daemon = report.get("daemon") or {}
+    if source == "daemon":
+        title = f"Units (live, from the daemon at {daemon['host']})" if daemon.get("host") \
+            else "Units (live)"
+    elif source == "config":
+        why = f": {daemon['error']}" if daemon.get("error") else ""
+        title = f"Units (from the configuration; daemon not running{why})"
+    else:
+        title = "Units"
+    out.append(title)
     if not report["units"]:
         out.append("  (no refclocks configured)")
     elif source == "daemon":
         out += _table(
-            ("UNIT", "ADDRESS", "DEVICE", "OPEN", "AGE", "OFFSET", "JITTER", "REACH", "SAMPLES",
-             "ERRORS", "LAST FAULT"),
+            ("UNIT", "ADDRESS", "DEVICE", "STATE", "AGE", "OFFSET", "JITTER", "REACH",
+             "SAMPLES", "ERRORS", "LAST FAULT"),
             [
                 (
                     u["name"] or "?",
                     u["address"] or "?",
                     u["device"] or "-",
-                    "yes" if u["opened"] else "NO",
+                    u["state"] or "?",
                     _secs(u["last_sample_age"], "{:.0f}s"),
                     _secs(u["offset"], "{:+.6f}"),
                     _secs(u["jitter"], "{:.6f}"),
                     "-" if u["reach"] is None else f"{int(u['reach']):o}",
                     str(u["samples"]),
                     str(u["errors"]),
-                    u["last_fault"] or "-",
+                    _fault_text(u),
                 )
                 for u in report["units"]
             ],
         )
+        out += _notes(report["units"])
     else:
         out += _table(
             ("UNIT", "ADDRESS", "DEVICE", "PRESENT", "CONFIG", "NOTE"),
@@ -216,6 +357,30 @@ def format_report(report: dict[str, Any]) -> str:
     return "\n".join(out) + "\n"
 
 
+def _fault_text(u: dict[str, Any]) -> str:
+    text = u["last_fault"] or "-"
+    if u.get("state") == "fault" and u.get("retry_in") is not None:
+        text += f" (retry in {u['retry_in']:.0f}s)"
+    return text
+
+
+def _notes(units: list[dict[str, Any]]) -> list[str]:
+    """What the table has no room for: PPS trouble and the measured serial delay."""
+    notes = []
+    for u in units:
+        name = u["name"] or u["address"] or "?"
+        if u.get("pps_error"):
+            error = str(u["pps_error"])
+            dev = f" {u['pps_device']}" if u.get("pps_device") else ""
+            notes.append(f"  {name}: {error}" if error.startswith("PPS")
+                         else f"  {name}: PPS{dev}: {error}")
+        t2 = u.get("time2_suggested")
+        if t2 is not None:
+            notes.append(f"  {name}: the PPS edge measures the sentence delay: "
+                         f"fudge {u['address']} time2 {t2:.4f}")
+    return notes
+
+
 def _secs(value: float | None, fmt: str) -> str:
     return "-" if value is None else fmt.format(value)
 
@@ -234,9 +399,18 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
 
 
 # -- command ----------------------------------------------------------------------------------
-def main(conffile: str | None, as_json: bool, live: list[dict[str, Any]] | None = None) -> int:
-    """``stratum1 drivers list [-c FILE] [--json]``. Without -c the default configuration is
-    read when it exists. Returns the exit status (1 when the configuration has errors)."""
+def main(
+    conffile: str | None,
+    as_json: bool,
+    live: list[dict[str, Any]] | None = None,
+    *,
+    host: str | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+) -> int:
+    """``stratum1 drivers list [-c FILE] [--json] [--host HOST[:PORT]]``. Units come from the
+    daemon at ``host`` (default 127.0.0.1:123) when it answers within ``timeout`` seconds,
+    else from the configuration: ``-c FILE``, or the default one when it exists. Returns the
+    exit status (1 when the configuration has errors)."""
     config = None
     status = 0
     path = conffile or (DEFAULT_CONFIG if os.path.exists(DEFAULT_CONFIG) else None)
@@ -252,5 +426,10 @@ def main(conffile: str | None, as_json: bool, live: list[dict[str, Any]] | None 
             print(d, file=sys.stderr)
         if any(d.severity == "error" for d in diagnostics):
             status = 1
-    sys.stdout.write(render(config, live, as_json) + ("\n" if as_json else ""))
+    daemon: dict[str, Any] | None = None
+    if live is None:
+        where = host or DEFAULT_HOST
+        live, error = query_daemon(where, timeout)
+        daemon = {"host": where, "error": error}
+    sys.stdout.write(render(config, live, as_json, daemon=daemon) + ("\n" if as_json else ""))
     return status

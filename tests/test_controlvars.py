@@ -292,3 +292,62 @@ def test_view_reads_the_daemons_discipline_and_leap_table():
     d = dict(DaemonView(daemon).system_variables().defaults)
     assert d["frequency"] == "-7.000000"
     assert d["tai"] == "37" and d["leapsec"] == "201701010000" and d["expire"] == "202601010000"
+
+
+# -- the s1_* unit variables (stratum1 drivers list) ----------------------------------------------
+
+
+def _sim_units():
+    from stratum1.config.parser import parse_text
+    from stratum1.refclock.backoff import Backoff
+    from stratum1.refclock.testing import VirtualClock, VirtualLoop
+    from stratum1.refclock.unit import RefclockUnit
+
+    config, _ = parse_text("refclock sim unit 0 flag1 1\nrefclock nmea unit 2 path /nonexistent/x\n",
+                           "ntp.conf")
+    loop = VirtualLoop()
+    clock = VirtualClock(loop)
+    units = [RefclockUnit(rc, loop, clock, backoff=Backoff(initial=30, maximum=60))
+             for rc in config.refclocks]
+    for u in units:
+        u.start()
+    loop.advance(16)
+    for u in units:
+        u.poll(clock.now_ns())
+    return units, clock
+
+
+def test_unit_variables_of_a_working_and_a_faulty_unit():
+    from stratum1.controlvars import unit_variables
+
+    (sim, nmea), clock = _sim_units()
+    d = dict(unit_variables(sim.status(clock.now_ns())))
+    assert d["s1_address"] == '"127.127.99.0"' and d["s1_name"] == '"SIM(0)"'
+    assert d["s1_state"] == '"open"' and d["s1_reach"] == "1" and d["s1_pps"] == "1"
+    assert int(d["s1_samples"]) >= 16 and d["s1_errors"] == "0"
+    assert abs(float(d["s1_offset"]) - sim.offset) < 1e-9 and float(d["s1_age"]) < 2
+    assert "s1_fault" not in d and "s1_retry_in" not in d  # unknown values are left out
+    d = dict(unit_variables(nmea.status(clock.now_ns())))
+    assert d["s1_state"] == '"fault"' and d["s1_device"] == '"/nonexistent/x"'
+    assert "cannot open /nonexistent/x" in d["s1_fault"] and 0 < float(d["s1_retry_in"]) <= 30
+    assert "s1_offset" not in d and "s1_age" not in d and d["s1_reach"] == "0"
+
+
+def test_unit_variables_error_sum_and_suggested_time2():
+    from stratum1.controlvars import unit_variables
+
+    status = {"counters": {"badformat": 2, "baddata": 1, "ambiguous_pulses": 4, "samples": 9},
+              "offset": float("nan"), "reach": 255, "state": "open",
+              "driver_status": {"time2_suggested": 0.41234,
+                                "pps": {"path": "/dev/ttyS0 (DCD)", "error": 'no "ldisc"'}}}
+    d = dict(unit_variables(status))
+    assert d["s1_errors"] == "7" and d["s1_reach"] == "255" and "s1_offset" not in d
+    assert d["s1_time2"] == "0.4123" and d["s1_pps_device"] == '"/dev/ttyS0 (DCD)"'
+    assert d["s1_pps_error"] == '"no ?ldisc?"'
+
+
+def test_clock_variables_end_with_the_unit_variables():
+    (sim, _), clock = _sim_units()
+    names = [n for n, _ in clock_variables(sim.status(clock.now_ns())).defaults]
+    first = next(i for i, n in enumerate(names) if n.startswith("s1_"))
+    assert names[:2] == ["type", "timecode"] and all(n.startswith("s1_") for n in names[first:])

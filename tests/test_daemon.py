@@ -194,3 +194,69 @@ def test_statistics_files_and_metrics_endpoint(tmp_path, monkeypatch):
         assert peer_lines and peer_lines[0].split()[2] == "127.127.1.0"
     finally:
         _stop(d, thread)
+
+
+def test_workers_option_needs_listen():
+    args = build_parser().parse_args(["run", "--workers", "2"])
+    with pytest.raises(ValueError, match="--listen"):
+        options_from_args(args)
+
+
+def _free_udp_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_workers_answer_clients_and_forward_control_requests(tmp_path):
+    """--workers 2: three processes share the port; every client and every mode-6 request is
+    answered whichever process the kernel hands it to, and stopping the daemon ends them all."""
+    import os
+    import re
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(LOCAL_CONF)
+    port = _free_udp_port()
+    log = tmp_path / "daemon.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "stratum1", "run", "-n", "--no-discipline", "-c", str(conf),
+         "--listen", f"127.0.0.1:{port}", "--workers", "2", "-l", str(log)],
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                if query("127.0.0.1", port, timeout=0.5).stratum == 11:
+                    break
+            except (TimeoutError, OSError):
+                pass
+            time.sleep(0.3)
+        else:
+            pytest.fail("the daemon never synchronised to its LOCAL clock")
+        time.sleep(0.3)  # the workers take the new snapshot within SNAPSHOT_POLL_S
+        strata = set()
+        for _ in range(24):  # fresh source ports: the kernel spreads them over the group
+            strata.add(query("127.0.0.1", port, timeout=1.0).stratum)
+        assert strata == {11}
+        for _ in range(24):
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.settimeout(1.0)
+                s.sendto(bytes([0x16, 0x01, 0, 1]) + bytes(8), ("127.0.0.1", port))
+                answer = s.recv(600)
+            assert answer[1] & 0x80 and answer[1] & 0x1F == 1  # a read-status response
+        match = re.search(r"SO_REUSEPORT workers \(pids ([\d, ]+)\)", log.read_text())
+        assert match, log.read_text()
+        pids = [int(p) for p in match.group(1).split(",")]
+        assert len(pids) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

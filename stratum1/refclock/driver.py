@@ -14,6 +14,8 @@ hands data over with "add sample" / "add pulse"):
   a complete time code (``sample_fudge``, normally time1, is added by the framework) and/or
   ``ctx.add_pulse(local_ns)`` for a PPS edge (time1 is added; the framework numbers the second
   from the unit's latest time code, or from the system clock when synchronised).
+  ``ctx.add_sample(sample, lock_only=True)`` gives a time code that only numbers pulses
+  (strict PPS+time-code pairing, gpsd mode 1): serial time alone then never becomes a sample.
   ``ctx.log_timecode(text)`` records the last raw time code (clockstats, ``ntpq -c cv``);
   ``ctx.count(name)`` bumps a counter (``badformat`` and ``baddata`` are ntpd's own).
 * On a read error, EOF or a vanished device it calls ``ctx.report_fault(message)`` and returns;
@@ -164,8 +166,11 @@ class DriverContext(Protocol):
     #: "127.127.t.u" of the unit, for log messages.
     address: str
 
-    def add_sample(self, sample: Sample) -> None:
-        """A complete sample: local time of the on-time epoch and the time it represents."""
+    def add_sample(self, sample: Sample, *, lock_only: bool = False) -> None:
+        """A complete sample: local time of the on-time epoch and the time it represents.
+
+        ``lock_only=True``: the time code only numbers the pulses that follow (the unit's
+        lock) and is never a sample itself, for sources that must serve PPS or nothing."""
         ...
 
     def add_pulse(self, local_ns: int) -> None:

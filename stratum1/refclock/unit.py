@@ -98,9 +98,9 @@ class _Context:
         self._unit._counters["stale_calls"] = self._unit._counters.get("stale_calls", 0) + 1
         return False
 
-    def add_sample(self, sample: Sample) -> None:
+    def add_sample(self, sample: Sample, *, lock_only: bool = False) -> None:
         if self._live():
-            self._unit._add_sample(sample)
+            self._unit._add_sample(sample, lock_only=lock_only)
 
     def add_pulse(self, local_ns: int) -> None:
         if self._live():
@@ -292,7 +292,7 @@ class RefclockUnit:
         self._last_driver_status = _safe_status(driver)
 
     # -- what drivers call (through _Context) -------------------------------------------------
-    def _add_sample(self, sample: Sample) -> None:
+    def _add_sample(self, sample: Sample, *, lock_only: bool = False) -> None:
         if not (isinstance(sample.local_ns, int) and isinstance(sample.reference_ns, int)):
             self._count("badsamples")  # absolute times must be integer ns
             return
@@ -300,8 +300,13 @@ class RefclockUnit:
         fudge_ns = round(fudge * NS_PER_S)
         offset = (sample.reference_ns - sample.local_ns + fudge_ns) / NS_PER_S
         stored = _Stored(sample.local_ns, offset, sample.leap)
-        self._samples.append(stored)
         self._lock = stored
+        if lock_only:
+            # Strict sources (gpsd mode 1): the time code only numbers pulses; with no
+            # pulses the poll finds nothing, so serial time alone never reaches the clock.
+            self._count("lock_timecodes")
+            return
+        self._samples.append(stored)
         self._got_sample()
         self._count("samples")
 

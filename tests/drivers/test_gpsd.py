@@ -17,7 +17,7 @@ from stratum1.drivers import gpsd as gpsddrv
 from stratum1.clock import SystemClock
 from stratum1.eventloop import EventLoop
 from stratum1.refclock.backoff import Backoff
-from stratum1.refclock.testing import unit_config
+from stratum1.refclock.testing import VirtualLoop, unit_config
 from stratum1.refclock.unit import RefclockUnit
 from stratum1.sample import Sample
 
@@ -105,15 +105,103 @@ def test_toff_becomes_a_sample_and_pps_is_ignored_in_mode_0():
     assert drv.status()["role"] == "serial"
 
 
+class LockRecordingContext(pf.RecordingContext):
+    """Also records time codes handed over only to number pulses (``lock_only``)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.locks: list[Sample] = []
+
+    def add_sample(self, sample, *, lock_only=False):
+        (self.locks if lock_only else self.samples).append(sample)
+
+
+def _lock_driver(**cfg):
+    cfg.setdefault("path", "gpsd://127.0.0.1:1")
+    ctx = LockRecordingContext()
+    return gpsddrv.GpsdDriver(pf.StandInConfig(type=46, **cfg), ctx), ctx
+
+
 @pytest.mark.parametrize("mode", [1, 2])
 def test_pps_becomes_a_pulse_in_modes_1_and_2(mode):
-    drv, ctx = _driver(mode=mode)
+    drv, ctx = _lock_driver(mode=mode)
     drv.handle(TOFF)
     drv.handle(PPS)
-    assert len(ctx.samples) == 1 and ctx.pulses == [1795323923 * NS + 120]
+    assert ctx.pulses == [1795323923 * NS + 120]
+    toff = Sample(1795323922 * NS + 474389170, 1484006982 * NS)
+    if mode == 1:  # strict: the TOFF only numbers pulses
+        assert ctx.samples == [] and ctx.locks == [toff]
+        assert drv.status()["role"] == "pps+toff"
+    else:
+        assert ctx.samples == [toff] and ctx.locks == []
+        assert drv.status()["role"] == "serial+pps"
     drv2, ctx2 = _driver(mode=mode, flag2=True)  # flag2: ignore PPS
     drv2.handle(PPS)
     assert ctx2.pulses == []
+
+
+class _Unconnected(gpsddrv.GpsdDriver):
+    """The gpsd driver without its socket: tests feed reports through ``handle``."""
+
+    def open(self) -> None:
+        pass
+
+
+def _unit(mode):
+    clock = pf.FakeClock()
+    unit = RefclockUnit(unit_config(type=46, unit=0, mode=mode, time2=0.25), VirtualLoop(),
+                        clock, driver_cls=_Unconnected)
+    unit.start()
+    assert unit.state == "open"
+    return unit, clock
+
+
+def _second(unit, clock, t, *, pps=True, toff=True):
+    """One second of gpsd reports: TOFF for second t (sentence 0.3 s late), then t+1's PPS."""
+    if toff:
+        unit.driver.handle({"class": "TOFF", "real_sec": t, "real_nsec": 0,
+                            "clock_sec": t, "clock_nsec": 300_000_000})
+    clock.real = (t + 1) * NS + 2_000_000
+    if pps:
+        unit.driver.handle({"class": "PPS", "real_sec": t + 1, "real_nsec": 0,
+                            "clock_sec": t + 1, "clock_nsec": 1_000_000})
+
+
+T0 = 1_795_323_000
+
+
+@pytest.mark.parametrize("mode", [1, 2])
+def test_strict_mode_serves_pps_or_nothing(mode):
+    unit, clock = _unit(mode)
+    for t in range(T0, T0 + 8):
+        _second(unit, clock, t)
+    m = unit.poll(clock.now_ns())
+    # Pulses 1 ms late on the local clock: -1 ms, whatever time2 says about serial time.
+    assert m is not None and m.offset == pytest.approx(-0.001, abs=1e-9)
+    assert unit.pps_active
+    for t in range(T0 + 8, T0 + 16):  # PPS lost: only TOFF keeps coming
+        _second(unit, clock, t, pps=False)
+    m = unit.poll(clock.now_ns())
+    st = unit.status()
+    if mode == 1:
+        assert m is None and st["samples"] == 0
+        assert st["counters"]["lock_timecodes"] == 16 and st["reach"] == 0b10
+    else:  # auto: serial time (0.3 s late, time2 = 0.25 s) carries on
+        assert m is not None and m.offset == pytest.approx(-0.05, abs=1e-9)
+        assert st["samples"] == 16 and st["reach"] == 0b11
+
+
+def test_strict_mode_without_toff_cannot_number_pulses():
+    unit, clock = _unit(1)
+    for t in range(T0, T0 + 4):
+        _second(unit, clock, t, toff=False)
+    assert unit.poll(clock.now_ns()) is None
+    assert unit.status()["counters"]["unnumbered_pulses"] == 4
+
+
+def test_strict_mode_with_flag2_says_it_has_nothing():
+    drv, _ctx = _lock_driver(mode=1, flag2=True)
+    assert drv.status()["role"].startswith("none")
 
 
 def test_secondary_unit_is_pps_only():

@@ -1,12 +1,17 @@
 """Tests of the NMEA driver (drivers/nmea.py): declaration, a real pseudo-terminal fed with real
-receiver captures (fast and at their real pace), bad input, faults, and PPS pairing."""
+receiver captures (fast and at their real pace), bad input, faults, PPS pairing, and PPS on the
+port's DCD line through the kernel's PPS line discipline (faked at TIOCSETD and in sysfs)."""
 
 from __future__ import annotations
 
 import calendar
+import errno
+import fcntl
+import importlib.util
 import os
 import random
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,7 +19,8 @@ from pathlib import Path
 import pytest
 from stratum1.drivers.nmea import NmeaDriver
 from stratum1.drivers.nmea_decode import checksum, read_capture
-from stratum1.hw.serial import Chunk
+from stratum1.hw import pps as hwpps
+from stratum1.hw.serial import N_PPS, N_TTY, TIOCSETD, Chunk
 
 from stratum1.clock import FrozenDisciplineClock, SystemClock
 from stratum1.eventloop import EventLoop
@@ -356,3 +362,184 @@ def test_flag4_obscures_position_in_timecodes() -> None:
     assert len(ctx.samples) == 1
     assert "4807" not in ctx.timecodes[0] and "01131" not in ctx.timecodes[0]
     assert ctx.timecodes[0].endswith(" 1 1 0 0 0 0")  # extended stats (mode 0x10000)
+
+
+# -- flag1: PPS on the serial port's DCD line (kernel PPS line discipline) ----------------------
+
+
+def _pps_fakes():
+    if "pps_fakes" not in sys.modules:  # shared with tests/hw; the tests tree has no packages
+        spec = importlib.util.spec_from_file_location(
+            "pps_fakes", Path(__file__).parents[1] / "hw" / "pps_fakes.py")
+        mod = importlib.util.module_from_spec(spec)
+        sys.modules["pps_fakes"] = mod
+        spec.loader.exec_module(mod)
+    return sys.modules["pps_fakes"]
+
+
+_PPS_IOCTLS = {hwpps.PPS_GETCAP, hwpps.PPS_GETPARAMS, hwpps.PPS_SETPARAMS, hwpps.PPS_FETCH,
+               hwpps.PPS_KC_BIND}
+
+
+class FakeLdiscKernel:
+    """TIOCSETD on one tty as the kernel answers it: N_PPS registers /dev/ppsN in a fake sysfs
+    (its ``path`` naming the tty) and the PPS ioctls go to a FakePpsKernel; N_TTY removes it.
+    ``refuse`` makes TIOCSETD fail with that errno (no pps_ldisc, a pty)."""
+
+    def __init__(self, root: Path, tty: str, refuse: int | None = None,
+                 names: str | None = None) -> None:
+        self.sysfs = root / "sys" / "class" / "pps"
+        self.dev = root / "dev"
+        self.sysfs.mkdir(parents=True)
+        self.dev.mkdir()
+        (self.sysfs / "pps0").mkdir()  # some other PPS source (a GPIO)
+        (self.sysfs / "pps0" / "path").write_text("\n")
+        self.tty = tty
+        self.names = names or tty  # what the new ppsN's sysfs ``path`` says
+        self.refuse = refuse
+        self.ldiscs: list[int] = []
+        self.pps = _pps_fakes().FakePpsKernel()
+
+    def install(self, monkeypatch) -> None:
+        real = fcntl.ioctl
+
+        def ioctl(fd, request, arg=0, mutate=True):
+            if request == TIOCSETD and os.ttyname(fd) == self.tty:
+                return self.setd(int.from_bytes(arg, sys.byteorder, signed=True))
+            if request in _PPS_IOCTLS:
+                return self.pps.ioctl(fd, request, arg, mutate)
+            return real(fd, request, arg, mutate)
+
+        monkeypatch.setattr(fcntl, "ioctl", ioctl)
+
+    def setd(self, ldisc: int) -> int:
+        if self.refuse is not None:
+            raise OSError(self.refuse, os.strerror(self.refuse))
+        self.ldiscs.append(ldisc)
+        node = self.sysfs / "pps3"
+        if ldisc == N_PPS:
+            node.mkdir(exist_ok=True)
+            (node / "path").write_text(self.names + "\n")
+            (self.dev / "pps3").touch()
+        elif node.exists():
+            (node / "path").unlink()
+            node.rmdir()
+            (self.dev / "pps3").unlink()
+        return 0
+
+
+@pytest.fixture
+def dcd_pty(tmp_path, monkeypatch):
+    master, slave = os.openpty()
+    loop = EventLoop()
+    made: list[NmeaDriver] = []
+
+    def make(refuse: int | None = None, install: bool = True, names: str | None = None, **cfg):
+        kernel = FakeLdiscKernel(tmp_path / f"k{len(made)}", os.ttyname(slave), refuse, names)
+        if install:
+            kernel.install(monkeypatch)
+        ctx = RecordingContext(loop, FakeClock())
+
+        def no_gpspps(path, clear, clock):
+            raise hwpps.PpsError(errno.ENOENT, f"{path}: no such PPS device")
+
+        def dcd(port, clear):
+            return hwpps.SerialDcdPps(port, hwpps.EDGE_CLEAR if clear else hwpps.EDGE_ASSERT,
+                                      sysfs_root=str(kernel.sysfs), dev_root=str(kernel.dev))
+
+        drv = NmeaDriver(unit_config(type=20, path=os.ttyname(slave), baud=9600, flag1=True,
+                                     **cfg), ctx, pps_factory=no_gpspps, dcd_factory=dcd,
+                         pivot_ns=PIVOT_2014, char_ns=0)
+        made.append(drv)
+        return drv, ctx, kernel
+
+    yield master, loop, make
+    for drv in made:
+        drv.close()
+    loop.close()
+    for fd in (master, slave):
+        os.close(fd)
+
+
+def test_flag1_takes_pps_from_dcd_through_the_line_discipline(dcd_pty) -> None:
+    master, loop, make = dcd_pty
+    drv, ctx, kernel = make()
+    drv.open()
+    assert kernel.ldiscs == [N_PPS]
+    st = drv.status()["pps"]
+    assert st["open"] and st["error"] is None
+    assert st["path"] == f"{os.ttyname(drv.port.fileno())} DCD ({kernel.dev}/pps3)"
+    assert kernel.pps.mode & hwpps.PPS_CAPTUREASSERT  # the DCD device now captures our edge
+    edges = []
+    for k in range(3):
+        edge = ctx.clock.t + k * NS
+        kernel.pps.pulse(edge)
+        edges.append(edge)
+        ctx.clock.t = edge + 150 * MS
+        os.write(master, rmc(k))
+        pump(loop, lambda k=k: len(ctx.samples) > k)
+    assert ctx.pulses == edges and len(ctx.samples) == 3
+    drv.close()
+    assert kernel.ldiscs == [N_PPS, N_TTY]  # our discipline is taken off again
+    assert not (kernel.sysfs / "pps3").exists()
+
+
+def test_flag1_and_flag2_capture_the_clear_edge_on_dcd(dcd_pty) -> None:
+    _master, _loop, make = dcd_pty
+    drv, _ctx, kernel = make(flag2=True)
+    kernel.pps.capabilities |= hwpps.PPS_CAPTURECLEAR
+    drv.open()
+    assert drv.pps is not None and drv.pps.edge == hwpps.EDGE_CLEAR
+    assert kernel.pps.mode & hwpps.PPS_CAPTURECLEAR
+
+
+@pytest.mark.parametrize("refuse, why", [
+    (errno.EINVAL, "pps_ldisc"), (errno.EPERM, "CAP_SYS_ADMIN"), (errno.ENOTTY, "not a serial"),
+])
+def test_no_line_discipline_keeps_serial_time_and_says_why(dcd_pty, refuse, why) -> None:
+    master, loop, make = dcd_pty
+    drv, ctx, _kernel = make(refuse=refuse)
+    drv.open()
+    assert drv.pps is None and drv.port is not None
+    error = drv.status()["pps"]["error"]
+    assert error.startswith("PPS on DCD unavailable: ") and why in error
+    assert "/dev/gpspps0" in error
+    os.write(master, rmc(0))
+    pump(loop, lambda: ctx.samples)
+    assert len(ctx.samples) == 1 and not ctx.faults and not ctx.pulses
+
+
+def test_no_pps_device_for_the_port_is_reported(dcd_pty) -> None:
+    _master, _loop, make = dcd_pty
+    drv, _ctx, kernel = make(names="/dev/ttyS9")  # the new ppsN names another port
+    drv.open()
+    assert drv.pps is None
+    error = drv.status()["pps"]["error"]
+    assert error.startswith("PPS on DCD unavailable: ") and "ppsN names it" in error
+    assert kernel.ldiscs == [N_PPS, N_TTY]  # the useless discipline is taken off again
+
+
+def test_a_real_pty_refuses_or_gives_a_pps_device(dcd_pty) -> None:
+    master, loop, make = dcd_pty
+    drv, ctx, _kernel = make(install=False)  # the real TIOCSETD of this kernel
+    drv.open()
+    pps = drv.status()["pps"]
+    assert pps["open"] or pps["error"].startswith("PPS on DCD unavailable: ")
+    os.write(master, rmc(0))
+    pump(loop, lambda: ctx.samples)
+    assert len(ctx.samples) == 1  # serial time either way
+
+
+def test_explicit_ppspath_never_falls_back_to_dcd() -> None:
+    loop, clock = FakeLoop(), FakeClock()
+    ctx = RecordingContext(loop, clock)
+    tried: list[object] = []
+
+    def missing(path, clear, c):
+        raise hwpps.PpsError(errno.ENOENT, f"{path}: no such PPS device")
+
+    drv = NmeaDriver(unit_config(type=20, flag1=True, ppspath="/dev/pps7"), ctx,
+                     port_factory=FakePort, pps_factory=missing,
+                     dcd_factory=lambda port, clear: tried.append(port), pivot_ns=PIVOT_2014)
+    drv.open()
+    assert tried == [] and drv.status()["pps"]["error"] == "/dev/pps7: no such PPS device"

@@ -66,7 +66,7 @@ class RecordingContext:
     def set_precision(self, precision: int) -> None:
         self.precisions.append(precision)
 
-    def add_sample(self, sample: Any) -> None:
+    def add_sample(self, sample: Any, *, lock_only: bool = False) -> None:
         self.samples.append(sample)
 
     def add_pulse(self, local_ns: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import os
 import struct
 
 import pps_fakes
@@ -165,3 +166,97 @@ def test_kc_bind_needs_privilege(monkeypatch, dev):
 def test_bad_edge_name():
     with pytest.raises(ValueError):
         hwpps.KernelPps("/dev/pps0", "rising")
+
+
+# -- PPS on a serial port's DCD line ---------------------------------------------------------------
+
+
+def _sysfs(tmp_path, entries):
+    root = tmp_path / "sys" / "class" / "pps"
+    root.mkdir(parents=True)
+    for name, path in entries.items():
+        (root / name).mkdir()
+        if path is not None:
+            (root / name / "path").write_text(path + "\n")
+    return str(root)
+
+
+def test_find_pps_device_by_the_tty_it_names(tmp_path):
+    tty = tmp_path / "ttyS1"
+    tty.touch()
+    (tmp_path / "gps0").symlink_to(tty)
+    root = _sysfs(tmp_path, {"pps0": "", "pps1": "/dev/ttyS0", "pps2": str(tty), "pps9": None,
+                             "other": str(tty)})
+    assert hwpps.find_pps_device(str(tty), root, "/dev") == "/dev/pps2"
+    assert hwpps.find_pps_device(str(tmp_path / "gps0"), root, "/d") == "/d/pps2"  # a symlink
+    assert hwpps.find_pps_device("/dev/ttyS0", root) == "/dev/pps1"
+    assert hwpps.find_pps_device("/dev/ttyUSB0", root) is None
+    assert hwpps.find_pps_device("/dev/ttyS0", str(tmp_path / "no-sysfs")) is None
+
+
+class LdiscPort:
+    """A serial port as SerialDcdPps sees it: a path and TIOCSETD (recorded, or refused)."""
+
+    def __init__(self, path, on_set=None):
+        self.path = path
+        self.ldiscs = []
+        self.on_set = on_set
+
+    def set_line_discipline(self, ldisc):
+        if self.on_set is not None:
+            self.on_set(ldisc)
+        self.ldiscs.append(ldisc)
+
+
+def test_serial_dcd_pps_attaches_reads_and_detaches(monkeypatch, tmp_path):
+    kernel = pps_fakes.FakePpsKernel(mode=hwpps.PPS_TSFMT_TSPEC)
+    kernel.install(monkeypatch)
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    root = _sysfs(tmp_path, {})
+
+    def attach(ldisc):
+        if ldisc == 18:  # pps-ldisc registers the source as the discipline opens
+            (tmp_path / "sys/class/pps/pps4").mkdir()
+            (tmp_path / "sys/class/pps/pps4/path").write_text("/dev/ttyS0\n")
+            (dev / "pps4").touch()
+
+    port = LdiscPort("/dev/ttyS0", attach)
+    src = hwpps.SerialDcdPps(port, sysfs_root=root, dev_root=str(dev))
+    assert src.fetch() == []  # not open yet
+    src.open()
+    src.open()  # once is enough
+    assert port.ldiscs == [18] and src.device == f"{dev}/pps4"
+    assert src.description == f"/dev/ttyS0 DCD ({dev}/pps4)"
+    assert kernel.mode & hwpps.PPS_CAPTUREASSERT
+    kernel.pulse(1_700_000_000 * NS + 7)
+    assert src.fetch() == [hwpps.Edge(1, 1_700_000_000 * NS + 7)]
+    src.close()
+    src.close()
+    assert port.ldiscs == [18, 0] and src.kernel is None
+
+
+@pytest.mark.parametrize("err, words", [
+    (errno.EINVAL, "no pps_ldisc"), (errno.EPERM, "CAP_SYS_ADMIN"),
+    (errno.ENOTTY, "not a serial port"), (errno.EIO, "TIOCSETD N_PPS on /dev/ttyS0 failed"),
+])
+def test_serial_dcd_pps_refused_line_discipline(tmp_path, err, words):
+    def refuse(ldisc):
+        raise OSError(err, os.strerror(err))
+
+    src = hwpps.SerialDcdPps(LdiscPort("/dev/ttyS0", refuse), sysfs_root=_sysfs(tmp_path, {}))
+    with pytest.raises(hwpps.PpsError) as info:
+        src.open()
+    assert info.value.errno == err
+    assert info.value.strerror.startswith("PPS on DCD unavailable: ") and words in str(info.value)
+
+
+def test_serial_dcd_pps_device_that_does_not_open_is_detached(tmp_path):
+    port = LdiscPort("/dev/ttyS0")
+    root = _sysfs(tmp_path, {"pps2": "/dev/ttyS0"})
+    src = hwpps.SerialDcdPps(port, hwpps.EDGE_CLEAR, sysfs_root=root, dev_root=str(tmp_path))
+    with pytest.raises(hwpps.PpsError, match="PPS on DCD unavailable: .*no such PPS device"):
+        src.open()  # sysfs lists pps2 but there is no device node
+    assert port.ldiscs == [18, 0] and src.kernel is None
+    with pytest.raises(ValueError):
+        hwpps.SerialDcdPps(port, "rising")

@@ -119,3 +119,46 @@ def test_missing_device_is_a_clear_oserror() -> None:
     with pytest.raises(OSError, match="nonexistent-gps9"):
         port.open()
     loop.close()
+
+
+# -- the line discipline (PPS on DCD) ------------------------------------------------------------
+def test_set_line_discipline_is_tiocsetd_with_an_int(monkeypatch) -> None:
+    import fcntl
+    import struct
+
+    from stratum1.hw import serial as hwserial
+
+    calls = []
+    monkeypatch.setattr(fcntl, "ioctl", lambda fd, req, arg=0, mutate=True: calls.append(
+        (fd, req, arg)) or 0)
+    hwserial.set_line_discipline(7, hwserial.N_PPS)
+    assert calls == [(7, 0x5423, struct.pack("=i", 18))]
+    assert (hwserial.N_PPS, hwserial.N_TTY, hwserial.TIOCSETD) == (18, 0, 0x5423)
+
+
+def test_port_line_discipline_on_a_real_pty() -> None:
+    from stratum1.hw.serial import N_PPS, N_TTY, get_line_discipline
+
+    master, slave = os.openpty()
+    loop = EventLoop()
+    port = SerialPort(os.ttyname(slave), 9600, loop, SystemClock(), lambda d, c: None,
+                      lambda m: None)
+    try:
+        with pytest.raises(OSError, match="not open"):
+            port.set_line_discipline(N_PPS)
+        assert port.fileno() is None
+        port.open()
+        assert get_line_discipline(port.fileno()) == N_TTY
+        try:
+            port.set_line_discipline(N_PPS)
+        except OSError:
+            pass  # a pty, or no pps_ldisc: the PPS source reports why
+        else:
+            assert get_line_discipline(port.fileno()) == N_PPS
+            port.set_line_discipline(N_TTY)
+        assert get_line_discipline(port.fileno()) == N_TTY
+    finally:
+        port.close()
+        loop.close()
+        os.close(master)
+        os.close(slave)
