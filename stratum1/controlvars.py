@@ -8,7 +8,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import platform
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from . import __version__
@@ -123,8 +123,10 @@ def system_variables(
     tai: int = 0,
     leapsec_ns: int = 0,
     expire_ns: int = 0,
+    sysstats: Sequence[tuple[str, str]] = (),
 ) -> Variables:
-    """``rv`` / ``rv 0`` in ntpd's default order (tai/leapsec/expire only when known)."""
+    """``rv`` / ``rv 0`` in ntpd's default order (tai/leapsec/expire only when known);
+    ``sysstats`` (the ``ss_*`` counters) may be asked for by name."""
     synced = snapshot.stratum < STRATUM_UNSYNC
     defaults: list[tuple[str, str]] = [
         ("version", quote(f"stratum1 {__version__}")),
@@ -154,6 +156,7 @@ def system_variables(
     if expire_ns:
         defaults.append(("expire", _fmt_date(expire_ns)))
     extra = [("rootdist", fmt_ms(snapshot.root_delay / 2 + snapshot.root_dispersion_at(now_ns)))]
+    extra.extend(sysstats)
     return Variables(tuple(defaults), tuple(extra))
 
 
@@ -472,7 +475,17 @@ class DaemonView:
             tai=tai,
             leapsec_ns=leapsec_ns,
             expire_ns=expire_ns,
+            sysstats=self._sysstats(now),
         )
+
+    def _sysstats(self, now_ns: int) -> list[tuple[str, str]]:
+        sysstats = getattr(self.daemon, "sysstats", None)
+        if sysstats is None:
+            return []
+        from .sysstats import server_counters
+
+        requests = server_counters(getattr(self.daemon, "servers", ())).get("control", 0)
+        return sysstats.variables(now_ns, requests)
 
     def _leap_table(self, now_ns: int) -> tuple[int, int, int]:
         """(TAI-UTC, time of the table's last leap, expiry) from the leap file, 0 if unknown."""

@@ -188,6 +188,9 @@ class Daemon:
         self._stats_timer: Timer | None = None
         self.started_ns = clock.now_ns()
         self._pools: dict[tuple[str, int], Any] = {}
+        from .sysstats import SysStats, server_counters
+
+        self.sysstats = SysStats(self.started_ns, lambda: server_counters(self.servers, self.access))
 
     # -- construction -------------------------------------------------------------------------
     def start(self) -> None:
@@ -519,6 +522,7 @@ class Daemon:
         self.system.update(now)
         self.discipline.set_hardpps(self._hardpps_bound(), now)
         self.discipline.tick(now, self.system.snapshot)
+        self.sysstats.tick(now)
         self._leap_tick(now)
         if self.drift is not None and self.clock.can_adjust:
             self.drift.maybe_write(

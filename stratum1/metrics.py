@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import __version__
+from .sysstats import server_counters
 
 log = logging.getLogger(__name__)
 
@@ -141,13 +142,7 @@ def daemon_state(daemon: Any, started_ns: int | None = None) -> MetricsState:
             pulses=int(st.get("pulses", 0)), faults=int(st.get("faults", 0)),
             errors={k: int(st.get(k, 0)) for k in ("noreply", "badformat", "baddata")},
         ))
-    server: dict[str, int] = {}
-    for srv in getattr(daemon, "servers", ()):
-        stats = getattr(srv, "stats", None)
-        values = stats.as_dict() if hasattr(stats, "as_dict") else {}
-        for key, value in values.items():
-            if isinstance(value, int):
-                server[key] = server.get(key, 0) + value
+    server = server_counters(getattr(daemon, "servers", ()))
     start = started_ns if started_ns is not None else getattr(daemon, "started_ns", None)
     sys_state = SystemState(
         synchronized=bool(snap.synchronized), stratum=int(snap.stratum), leap=int(snap.leap),

@@ -351,3 +351,16 @@ def test_clock_variables_end_with_the_unit_variables():
     names = [n for n, _ in clock_variables(sim.status(clock.now_ns())).defaults]
     first = next(i for i, n in enumerate(names) if n.startswith("s1_"))
     assert names[:2] == ["type", "timecode"] and all(n.startswith("s1_") for n in names[first:])
+
+
+def test_view_serves_sysstats_by_name():
+    from stratum1.server import ServerStats
+    from stratum1.sysstats import SysStats, server_counters
+
+    daemon = fake_daemon()
+    daemon.servers = [SimpleNamespace(stats=ServerStats(received=12, control=3))]
+    daemon.sysstats = SysStats(NOW - 3725 * 1_000_000_000, lambda: server_counters(daemon.servers))
+    variables = DaemonView(daemon).system_variables()
+    picked = dict(variables.select(["ss_uptime", "ss_received_r", "ss_numctlreq"]))
+    assert picked == {"ss_uptime": "3725", "ss_received_r": "12", "ss_numctlreq": "3"}
+    assert "ss_uptime" not in dict(variables.defaults)  # by name only, as ntpd does

@@ -277,6 +277,22 @@ def test_core_daemon_associations_and_clock(core_daemon):
     assert "stratum=10" in out, out
 
 
+def test_core_daemon_sysstats_and_status_uptime(core_daemon, capsys):
+    host, daemon = core_daemon
+    ntp_query(host, 123)  # one client request, so the counters have something to count
+    out = ntpq("-c", "sysstats", host)
+    assert "???" not in out and "Unknown variable" not in out, out
+    assert re.search(r"^uptime:\s+\d+", out, re.M), out
+    received = re.search(r"^packets received:\s+(\d+)\s+(\d+)", out, re.M)
+    assert received and int(received.group(2)) >= 1, out
+
+    from stratum1.cli import main
+
+    assert main(["status", host]) == 0
+    text = capsys.readouterr().out
+    assert "uptime" in text and "unknown" not in text.split("uptime", 1)[1].splitlines()[0], text
+
+
 # -- harness 3: the daemon as a subprocess --------------------------------------------------------
 
 
