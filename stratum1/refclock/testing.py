@@ -11,8 +11,9 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import Any
 
+from ..config.model import RefclockConfig
 from ..eventloop import Timer
 from ..ntptime import NS_PER_S
 
@@ -119,41 +120,44 @@ class VirtualClock:
         return 0.0
 
 
-@dataclass
-class UnitConfig:
-    """Same fields as ``stratum1.config.model.RefclockConfig``, for tests and tools that have
-    no parsed configuration."""
+class RecordingContext:
+    """A DriverContext that records everything a driver hands over. Time codes given only to
+    number pulses (``add_sample(..., lock_only=True)``) go to ``locks``."""
 
-    type: int
-    unit: int = 0
-    driver: str = ""
-    mode: int | None = None
-    path: str | None = None
-    ppspath: str | None = None
-    baud: int | None = None
-    subtype: int | None = None
-    time1: float | None = None
-    time2: float | None = None
-    stratum: int | None = None
-    refid: str | None = None
-    flag1: bool | None = None
-    flag2: bool | None = None
-    flag3: bool | None = None
-    flag4: bool | None = None
-    minjitter: float | None = None
-    prefer: bool = False
-    noselect: bool = False
-    true: bool = False
-    iburst: bool = False
-    minpoll: int | None = None
-    maxpoll: int | None = None
-    location: object = None
+    def __init__(self, clock: Any = None, loop: Any = None, address: str = "127.127.0.0") -> None:
+        self.clock = clock
+        self.loop = loop
+        self.address = address
+        self.samples: list[Any] = []
+        self.locks: list[Any] = []
+        self.pulses: list[int] = []
+        self.faults: list[str] = []
+        self.timecodes: list[str] = []
+        self.counts: dict[str, int] = {}
+        self.precisions: list[int] = []
 
-    @property
-    def address(self) -> str:
-        return f"127.127.{self.type}.{self.unit}"
+    def set_precision(self, precision: int) -> None:
+        self.precisions.append(precision)
+
+    def add_sample(self, sample: Any, *, lock_only: bool = False) -> None:
+        (self.locks if lock_only else self.samples).append(sample)
+
+    def add_pulse(self, local_ns: int) -> None:
+        self.pulses.append(local_ns)
+
+    def report_fault(self, message: str) -> None:
+        self.faults.append(message)
+
+    def log_timecode(self, timecode: str) -> None:
+        self.timecodes.append(timecode)
+
+    def count(self, counter: str, n: int = 1) -> None:
+        self.counts[counter] = self.counts.get(counter, 0) + n
 
 
-def unit_config(**fields: object) -> UnitConfig:
-    """A UnitConfig (``type`` required)."""
-    return UnitConfig(**fields)  # type: ignore[arg-type]
+def unit_config(**fields: Any) -> RefclockConfig:
+    """A RefclockConfig for tests and tools that have no parsed configuration: ``type`` is
+    required; ``unit`` defaults to 0 and ``driver`` to blank."""
+    fields.setdefault("unit", 0)
+    fields.setdefault("driver", "")
+    return RefclockConfig(**fields)

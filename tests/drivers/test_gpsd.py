@@ -3,14 +3,13 @@ gpsd for the transport, and a real gpsd fed by gpsfake (with reconnect through t
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import socket
-import sys
 import threading
 import time
-from pathlib import Path
 
+import gpsd_harness as gh  # noqa: E402
+import pps_fakes as pf  # noqa: E402
 import pytest
 from stratum1.drivers import gpsd as gpsddrv
 
@@ -21,19 +20,6 @@ from stratum1.refclock.testing import VirtualLoop, unit_config
 from stratum1.refclock.unit import RefclockUnit
 from stratum1.sample import Sample
 
-
-def _load(name, path):
-    # Helpers shared between test folders; the tests tree has no packages.
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules[name] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules[name]
-
-
-pf = _load("pps_fakes", Path(__file__).parents[1] / "hw" / "pps_fakes.py")
-gh = _load("gpsd_harness", Path(__file__).parent / "gpsd_harness.py")
 NS = pf.NS
 
 
@@ -79,7 +65,7 @@ def test_json_lines_split_bad_and_overlong():
 def _driver(**cfg):
     cfg.setdefault("path", "gpsd://127.0.0.1:1")
     ctx = pf.RecordingContext()
-    return gpsddrv.GpsdDriver(pf.StandInConfig(type=46, **cfg), ctx), ctx
+    return gpsddrv.GpsdDriver(pf.stand_in_config(type=46, **cfg), ctx), ctx
 
 
 TOFF = {"class": "TOFF", "device": "/dev/ttyS0", "real_sec": 1484006982, "real_nsec": 0,
@@ -105,21 +91,10 @@ def test_toff_becomes_a_sample_and_pps_is_ignored_in_mode_0():
     assert drv.status()["role"] == "serial"
 
 
-class LockRecordingContext(pf.RecordingContext):
-    """Also records time codes handed over only to number pulses (``lock_only``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.locks: list[Sample] = []
-
-    def add_sample(self, sample, *, lock_only=False):
-        (self.locks if lock_only else self.samples).append(sample)
-
-
 def _lock_driver(**cfg):
     cfg.setdefault("path", "gpsd://127.0.0.1:1")
-    ctx = LockRecordingContext()
-    return gpsddrv.GpsdDriver(pf.StandInConfig(type=46, **cfg), ctx), ctx
+    ctx = pf.RecordingContext()
+    return gpsddrv.GpsdDriver(pf.stand_in_config(type=46, **cfg), ctx), ctx
 
 
 @pytest.mark.parametrize("mode", [1, 2])
@@ -279,7 +254,7 @@ def test_transport_against_a_loopback_server():
     server = FakeGpsd()
     loop = EventLoop()
     ctx = pf.RecordingContext(clock=SystemClock(), loop=loop)
-    drv = gpsddrv.GpsdDriver(pf.StandInConfig(type=46, path=f"gpsd://127.0.0.1:{server.port}/dev/gps0"), ctx)
+    drv = gpsddrv.GpsdDriver(pf.stand_in_config(type=46, path=f"gpsd://127.0.0.1:{server.port}/dev/gps0"), ctx)
     try:
         t = threading.Thread(target=lambda: setattr(server, "hello", server.accept()))
         t.start()
@@ -315,7 +290,7 @@ def test_silence_is_a_fault():
     server = FakeGpsd()
     clock = pf.FakeClock()
     ctx = pf.RecordingContext(clock=clock)
-    drv = gpsddrv.GpsdDriver(pf.StandInConfig(type=46, path=f"gpsd://127.0.0.1:{server.port}"), ctx)
+    drv = gpsddrv.GpsdDriver(pf.stand_in_config(type=46, path=f"gpsd://127.0.0.1:{server.port}"), ctx)
     try:
         t = threading.Thread(target=server.accept)
         t.start()
@@ -336,7 +311,7 @@ def test_real_gpsd_via_gpsfake_gives_toff_samples():
     loop = EventLoop()
     ctx = pf.RecordingContext(clock=SystemClock(), loop=loop)
     with gh.GpsFake() as fake:
-        drv = gpsddrv.GpsdDriver(pf.StandInConfig(type=46, path=f"gpsd://127.0.0.1:{fake.port}", mode=2), ctx)
+        drv = gpsddrv.GpsdDriver(pf.stand_in_config(type=46, path=f"gpsd://127.0.0.1:{fake.port}", mode=2), ctx)
         try:
             drv.open()
             _run(loop, lambda: len(ctx.samples) >= 3, timeout_s=20)

@@ -7,15 +7,15 @@ from __future__ import annotations
 import calendar
 import errno
 import fcntl
-import importlib.util
 import os
 import random
 import re
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
+import pps_fakes
 import pytest
 from stratum1.drivers.nmea import NmeaDriver
 from stratum1.drivers.nmea_decode import checksum, read_capture
@@ -25,45 +25,12 @@ from stratum1.hw.serial import N_PPS, N_TTY, TIOCSETD, Chunk
 from stratum1.clock import FrozenDisciplineClock, SystemClock
 from stratum1.eventloop import EventLoop
 from stratum1.refclock.registry import lookup
-from stratum1.refclock.testing import unit_config
-from stratum1.sample import Sample
+from stratum1.refclock.testing import RecordingContext, unit_config
 
 NS = 1_000_000_000
 MS = 1_000_000
 CAPTURES = Path(os.environ.get("STRATUM1_NMEA_CAPTURES", "/work/shared/captures/nmea"))
 PIVOT_2014 = calendar.timegm((2014, 1, 1, 0, 0, 0)) * NS
-
-
-@dataclass
-class RecordingContext:
-    """A DriverContext that records what the driver hands over."""
-
-    loop: object
-    clock: object
-    address: str = "127.127.20.0"
-    samples: list[Sample] = field(default_factory=list)
-    pulses: list[int] = field(default_factory=list)
-    faults: list[str] = field(default_factory=list)
-    timecodes: list[str] = field(default_factory=list)
-    counts: dict[str, int] = field(default_factory=dict)
-
-    def add_sample(self, sample: Sample) -> None:
-        self.samples.append(sample)
-
-    def add_pulse(self, local_ns: int) -> None:
-        self.pulses.append(local_ns)
-
-    def report_fault(self, message: str) -> None:
-        self.faults.append(message)
-
-    def log_timecode(self, timecode: str) -> None:
-        self.timecodes.append(timecode)
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self.counts[counter] = self.counts.get(counter, 0) + n
-
-    def set_precision(self, precision: int) -> None:
-        pass
 
 
 def test_declaration() -> None:
@@ -80,7 +47,7 @@ def test_declaration() -> None:
 
 
 def test_baud_and_path_from_config() -> None:
-    ctx = RecordingContext(None, None)
+    ctx = RecordingContext()
     drv = NmeaDriver(unit_config(type=20, unit=2, mode=0x51), ctx)
     assert (drv.path, drv.baud, drv.ppspath) == ("/dev/gps2", 115200, None)
     drv = NmeaDriver(unit_config(type=20, path="/dev/ttyAMA0", baud=38400, flag1=True), ctx)
@@ -107,7 +74,7 @@ def pty_unit():
     master, slave = os.openpty()
     loop = EventLoop()
     clock = ReplayClock(NEO_M8N_START)
-    ctx = RecordingContext(loop, clock)
+    ctx = RecordingContext(clock=clock, loop=loop)
     cfg = unit_config(type=20, path=os.ttyname(slave), baud=9600)
     drv = NmeaDriver(cfg, ctx, pivot_ns=PIVOT_2014, char_ns=0)
     drv.open()
@@ -230,7 +197,7 @@ def test_device_gone_is_a_fault(pty_unit) -> None:
 
 def test_open_missing_device_raises() -> None:
     loop = EventLoop()
-    ctx = RecordingContext(loop, SystemClock())
+    ctx = RecordingContext(clock=SystemClock(), loop=loop)
     drv = NmeaDriver(unit_config(type=20, path="/dev/no-such-gps"), ctx)
     with pytest.raises(OSError, match="no-such-gps"):
         drv.open()
@@ -297,7 +264,7 @@ def rmc(sec: int) -> bytes:
 
 def test_pps_edges_are_handed_over_and_time2_is_measured() -> None:
     loop, clock, pps = FakeLoop(), FakeClock(), FakePps()
-    ctx = RecordingContext(loop, clock)
+    ctx = RecordingContext(clock=clock, loop=loop)
     ports: list[FakePort] = []
 
     def port_factory(*a, **kw):
@@ -333,7 +300,7 @@ def test_pps_edges_are_handed_over_and_time2_is_measured() -> None:
 
 def test_missing_pps_device_keeps_nmea_running() -> None:
     loop, clock = FakeLoop(), FakeClock()
-    ctx = RecordingContext(loop, clock)
+    ctx = RecordingContext(clock=clock, loop=loop)
 
     def no_pps(path, clear, c):
         raise OSError(f"{path}: no such PPS device")
@@ -349,7 +316,7 @@ def test_missing_pps_device_keeps_nmea_running() -> None:
 
 def test_flag4_obscures_position_in_timecodes() -> None:
     loop, clock = FakeLoop(), FakeClock()
-    ctx = RecordingContext(loop, clock)
+    ctx = RecordingContext(clock=clock, loop=loop)
     ports: list[FakePort] = []
     drv = NmeaDriver(
         unit_config(type=20, flag4=True, mode=0x10000), ctx,
@@ -367,14 +334,6 @@ def test_flag4_obscures_position_in_timecodes() -> None:
 # -- flag1: PPS on the serial port's DCD line (kernel PPS line discipline) ----------------------
 
 
-def _pps_fakes():
-    if "pps_fakes" not in sys.modules:  # shared with tests/hw; the tests tree has no packages
-        spec = importlib.util.spec_from_file_location(
-            "pps_fakes", Path(__file__).parents[1] / "hw" / "pps_fakes.py")
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["pps_fakes"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["pps_fakes"]
 
 
 _PPS_IOCTLS = {hwpps.PPS_GETCAP, hwpps.PPS_GETPARAMS, hwpps.PPS_SETPARAMS, hwpps.PPS_FETCH,
@@ -398,7 +357,7 @@ class FakeLdiscKernel:
         self.names = names or tty  # what the new ppsN's sysfs ``path`` says
         self.refuse = refuse
         self.ldiscs: list[int] = []
-        self.pps = _pps_fakes().FakePpsKernel()
+        self.pps = pps_fakes.FakePpsKernel()
 
     def install(self, monkeypatch) -> None:
         real = fcntl.ioctl
@@ -438,7 +397,7 @@ def dcd_pty(tmp_path, monkeypatch):
         kernel = FakeLdiscKernel(tmp_path / f"k{len(made)}", os.ttyname(slave), refuse, names)
         if install:
             kernel.install(monkeypatch)
-        ctx = RecordingContext(loop, FakeClock())
+        ctx = RecordingContext(clock=FakeClock(), loop=loop)
 
         def no_gpspps(path, clear, clock):
             raise hwpps.PpsError(errno.ENOENT, f"{path}: no such PPS device")
@@ -532,7 +491,7 @@ def test_a_real_pty_refuses_or_gives_a_pps_device(dcd_pty) -> None:
 
 def test_explicit_ppspath_never_falls_back_to_dcd() -> None:
     loop, clock = FakeLoop(), FakeClock()
-    ctx = RecordingContext(loop, clock)
+    ctx = RecordingContext(clock=clock, loop=loop)
     tried: list[object] = []
 
     def missing(path, clear, c):

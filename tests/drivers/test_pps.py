@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
-
+import pps_fakes as pf  # noqa: E402
 import pytest
 from stratum1.drivers import pps as ppsdrv
 from stratum1.hw import pps as hwpps
 
 from stratum1.refclock.registry import register
-
-
-def _load_fakes():
-    # tests/hw/pps_fakes.py, shared with the hw tests; the tests tree has no packages.
-    if "pps_fakes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "pps_fakes", Path(__file__).parents[1] / "hw" / "pps_fakes.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["pps_fakes"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["pps_fakes"]
-
-
-pf = _load_fakes()
 
 NS = pf.NS
 
@@ -41,7 +23,7 @@ def kernel(monkeypatch, tmp_path):
 def _driver(tmp_path, **cfg):
     cfg.setdefault("path", str(tmp_path / "pps0"))
     ctx = pf.RecordingContext()
-    drv = ppsdrv.PpsDriver(pf.StandInConfig(type=22, **cfg), ctx)
+    drv = ppsdrv.PpsDriver(pf.stand_in_config(type=22, **cfg), ctx)
     return drv, ctx
 
 
@@ -55,9 +37,9 @@ def test_declaration():
 
 
 def test_default_device_and_path_options():
-    assert ppsdrv.pps_path(pf.StandInConfig(type=22, unit=2), 2) == "/dev/pps2"
-    assert ppsdrv.pps_path(pf.StandInConfig(type=22, ppspath="/dev/gpspps0"), 0) == "/dev/gpspps0"
-    assert ppsdrv.pps_path(pf.StandInConfig(type=22, path="gpio:GPIO18", ppspath="/dev/x"), 0) == "gpio:GPIO18"
+    assert ppsdrv.pps_path(pf.stand_in_config(type=22, unit=2), 2) == "/dev/pps2"
+    assert ppsdrv.pps_path(pf.stand_in_config(type=22, ppspath="/dev/gpspps0"), 0) == "/dev/gpspps0"
+    assert ppsdrv.pps_path(pf.stand_in_config(type=22, path="gpio:GPIO18", ppspath="/dev/x"), 0) == "gpio:GPIO18"
 
 
 def test_each_new_pulse_is_handed_over_once(kernel, tmp_path):

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import pps_fakes as pf  # noqa: E402
 import pytest
 from stratum1.drivers import shm as shmdrv
 from stratum1.hw import shm as hwshm
@@ -20,20 +21,6 @@ from stratum1.refclock.testing import VirtualClock, VirtualLoop, unit_config
 from stratum1.refclock.unit import RefclockUnit
 from stratum1.sample import LEAP_INSERT, Sample
 
-
-def _load_fakes():
-    # tests/hw/pps_fakes.py, shared with the hw tests; the tests tree has no packages.
-    if "pps_fakes" not in sys.modules:
-        spec = importlib.util.spec_from_file_location(
-            "pps_fakes", Path(__file__).parents[1] / "hw" / "pps_fakes.py"
-        )
-        mod = importlib.util.module_from_spec(spec)
-        sys.modules["pps_fakes"] = mod
-        spec.loader.exec_module(mod)
-    return sys.modules["pps_fakes"]
-
-
-pf = _load_fakes()
 NS = pf.NS
 TEST_BASE = 0x53320000 + (os.getpid() % 4096) * 512  # private keys, never a real NTP unit
 
@@ -50,7 +37,7 @@ def keys(monkeypatch):
 
 def _driver(unit=2, **cfg):
     ctx = pf.RecordingContext()
-    drv = shmdrv.ShmDriver(pf.StandInConfig(type=28, unit=unit, **cfg), ctx)
+    drv = shmdrv.ShmDriver(pf.stand_in_config(type=28, unit=unit, **cfg), ctx)
     return drv, ctx
 
 
@@ -240,7 +227,7 @@ def test_gpsd_writes_shm_and_the_driver_reads_it():
         pytest.skip("an NTP SHM(0) segment already exists (a real gpsd/ntpd here); not touching it")
     loop = EventLoop()
     ctx = pf.RecordingContext(clock=SystemClock(), loop=loop)
-    drv = shmdrv.ShmDriver(pf.StandInConfig(type=28, unit=0, flag1=True), ctx)
+    drv = shmdrv.ShmDriver(pf.stand_in_config(type=28, unit=0, flag1=True), ctx)
     try:
         with gh.GpsdTcp():
             drv.open()

@@ -5,7 +5,7 @@
 - FakeGpio: a ``gpiod.Chip`` stand-in with the libgpiod v2 API shape (get_info,
   line_offset_from_id, request_lines -> request with wait_edge_events/read_edge_events
   returning real ``gpiod.EdgeEvent`` objects).
-- RecordingContext / StandInConfig / FakeClock: the DriverContext and RefclockConfig shapes.
+- RecordingContext / stand_in_config / FakeClock: the DriverContext and RefclockConfig shapes.
 
 Driver tests outside tests/hw load this file by path (the tests tree has no packages).
 """
@@ -22,7 +22,10 @@ import gpiod
 from gpiod import _ext
 from stratum1.hw import pps as hwpps
 
+from stratum1.config.model import Location, RefclockConfig
 from stratum1.eventloop import EventLoop
+from stratum1.refclock import testing
+from stratum1.refclock.testing import unit_config
 
 NS = 1_000_000_000
 T0 = 1_700_000_000 * NS  # an arbitrary "now" for fake clocks
@@ -49,37 +52,12 @@ class FakeClock:
         self.mono += ns
 
 
-class RecordingContext:
-    """A DriverContext that records everything the driver hands over."""
+class RecordingContext(testing.RecordingContext):
+    """The recording DriverContext on a FakeClock and a real EventLoop (unless given)."""
 
     def __init__(self, clock: FakeClock | None = None, loop: EventLoop | None = None) -> None:
-        self.clock = clock or FakeClock()
-        self.loop = loop or EventLoop(monotonic_ns=self.clock.monotonic_ns)
-        self.samples: list[Any] = []
-        self.pulses: list[int] = []
-        self.faults: list[str] = []
-        self.timecodes: list[str] = []
-        self.counts: dict[str, int] = {}
-        self.precisions: list[int] = []
-        self.address = "127.127.0.0"
-
-    def set_precision(self, precision: int) -> None:
-        self.precisions.append(precision)
-
-    def add_sample(self, sample: Any, *, lock_only: bool = False) -> None:
-        self.samples.append(sample)
-
-    def add_pulse(self, local_ns: int) -> None:
-        self.pulses.append(local_ns)
-
-    def report_fault(self, message: str) -> None:
-        self.faults.append(message)
-
-    def log_timecode(self, timecode: str) -> None:
-        self.timecodes.append(timecode)
-
-    def count(self, counter: str, n: int = 1) -> None:
-        self.counts[counter] = self.counts.get(counter, 0) + n
+        clock = clock or FakeClock()
+        super().__init__(clock, loop or EventLoop(monotonic_ns=clock.monotonic_ns))
 
     def tick(self, seconds: float = 1.0) -> None:
         """Advance the clock and fire due timers of the loop."""
@@ -87,34 +65,10 @@ class RecordingContext:
         self.loop._run_due_timers()
 
 
-@dataclass
-class StandInConfig:
-    """The RefclockConfig fields the drivers read (stratum1.config.model is written elsewhere)."""
-
-    type: int
-    unit: int = 0
-    driver: str = ""
-    mode: int | None = None
-    path: str | None = None
-    ppspath: str | None = None
-    baud: int | None = None
-    subtype: int | None = None
-    time1: float | None = None
-    time2: float | None = None
-    stratum: int | None = None
-    refid: str | None = None
-    flag1: bool | None = None
-    flag2: bool | None = None
-    flag3: bool | None = None
-    flag4: bool | None = None
-    minjitter: float | None = None
-    prefer: bool = False
-    noselect: bool = False
-    true: bool = False
-    iburst: bool = False
-    minpoll: int | None = None
-    maxpoll: int | None = None
-    location: str = "test.conf:1"
+def stand_in_config(**fields: Any) -> RefclockConfig:
+    """A RefclockConfig as the parser would give it, read from ``test.conf:1``."""
+    fields.setdefault("location", Location("test.conf", 1))
+    return unit_config(**fields)
 
 
 # -- kernel PPS ---------------------------------------------------------------------------------
