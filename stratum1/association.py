@@ -340,6 +340,31 @@ class Association:
         )
         return max(dist, mindist)
 
+    def selection_distance(
+        self, now_ns: int, mindist: float = 0.001, early_samples: int | None = None
+    ) -> float:
+        """The root distance the selection works with.
+
+        ntpd's ``root_distance``, except that once the filter holds ``early_samples`` real
+        samples (None: never), the stages that never held one are left out of the dispersion
+        instead of counting 16 s each: that paper dispersion alone is what keeps a new source
+        above ``maxdist`` (1.5 s) until its fourth sample. Dummy samples of missed polls
+        still count in full. ``root_distance`` (ntpq's view, the served root dispersion) is
+        unchanged.
+        """
+        dist = self.root_distance(now_ns, mindist)
+        disp = self.selection_dispersion(early_samples)
+        if disp == self.dispersion:
+            return dist
+        return max(mindist, dist - self.dispersion + disp)
+
+    def selection_dispersion(self, early_samples: int | None = None) -> float:
+        """The peer dispersion behind ``selection_distance`` (and the root dispersion a system
+        synchronised to this source serves, so clients judge it as the selection did)."""
+        if early_samples is None or self.filter.sample_count() < early_samples:
+            return self.dispersion
+        return self.filter.filled_dispersion
+
     def system_refid(self) -> bytes:
         """The refid a system synchronised to this source shows (RFC 5905 section 7.3)."""
         if self.refclock or self.stratum in (0, 16) or self.address is None:

@@ -72,6 +72,9 @@ class ClockFilter:
         self.offset = 0.0
         self.delay = 0.0
         self.dispersion = MAXDISPERSE
+        #: The peer dispersion with the stages that never held a sample left out (see
+        #: ``Association.selection_distance``); dummy samples of missed polls still count.
+        self.filled_dispersion = MAXDISPERSE
         self.jitter = self.precision_floor
         self.epoch_ns = 0  # arrival time of the sample the peer variables came from
         self.sample_ns = 0  # and the instant that sample measured
@@ -128,10 +131,13 @@ class ClockFilter:
                 continue
             valid += 1
 
-        disp = 0.0
+        disp = filled = 0.0
         for i in reversed(order):
-            disp = FILTER_WEIGHT * (disp + self._stages[i].dispersion)
+            st = self._stages[i]
+            disp = FILTER_WEIGHT * (disp + st.dispersion)
+            filled = FILTER_WEIGHT * (filled + (st.dispersion if st.epoch_ns else 0.0))
         self.dispersion = disp
+        self.filled_dispersion = filled
 
         if valid == 0:
             return FilterResult(updated=False, valid=0)
@@ -189,6 +195,10 @@ class ClockFilter:
             if s.dispersion < MAXDISPERSE:
                 return Stage(s.offset, s.delay, s.dispersion, s.epoch_ns, s.local_ns, s.span_ns)
         return None
+
+    def sample_count(self) -> int:
+        """Stages holding real samples (not empty, not a dummy pushed for a missed poll)."""
+        return sum(1 for s in self._stages if s.epoch_ns and s.dispersion < MAXDISPERSE)
 
     def min_delay(self) -> float:
         """The smallest delay among the stages holding real samples (0 when none)."""

@@ -188,6 +188,7 @@ class Daemon:
         self._stats_timer: Timer | None = None
         self.started_ns = clock.now_ns()
         self._pools: dict[tuple[str, int], Any] = {}
+        self._slew_timer: Timer | None = None
         from .sysstats import SysStats, server_counters
 
         self.sysstats = SysStats(self.started_ns, lambda: server_counters(self.servers, self.access))
@@ -538,8 +539,23 @@ class Daemon:
                 return True
         return False
 
+    def _schedule_slew_end(self) -> None:
+        """End a fast slew when it is due: a timer at the moment the clock will have
+        absorbed the correction, so the tick length is put back on time."""
+        if self._slew_timer is not None:
+            self._slew_timer.cancel()
+            self._slew_timer = None
+        left = self.discipline.service_slew()
+        if left is not None:
+            self._slew_timer = self.loop.call_later(left, self._end_slew)
+
+    def _end_slew(self) -> None:
+        self._slew_timer = None
+        self._schedule_slew_end()
+
     def _after_update(self) -> None:
         system = self.system
+        self._schedule_slew_end()
         self._publish()
         self.stats.record_loop(self.clock.now_ns(), system.snapshot, self.discipline)
         if system.panic and not self.opts.allow_big_step:
@@ -665,7 +681,8 @@ class Daemon:
             self.metrics.close()
         if self.stats is not None:
             self.stats.close()
-        for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer, self._stats_timer):
+        for timer in (self._tick, self._rescan, self._watchdog, self._mru_timer, self._stats_timer,
+                      self._slew_timer):
             if timer is not None:
                 timer.cancel()
         if self.discipline is not None:
@@ -816,7 +833,10 @@ def make_clock(opts: RunOptions) -> Clock:
         )
         return FrozenDisciplineClock(SystemClock())
 
-    return KernelClock(adjust=True)
+    from .sysclock import TICK_SLEW_RATE
+
+    # Offsets below the step threshold are slewed at up to chronyd's rate (tick + frequency).
+    return KernelClock(adjust=True, max_slew_rate=TICK_SLEW_RATE)
 
 
 def run_from_args(args: argparse.Namespace) -> int:

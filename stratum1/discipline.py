@@ -42,8 +42,12 @@ NO_PRIOR_SIGMA_PPM = 200.0
 #: sample variance given: wide, because the jitter handed in may be far off (or 0, floored
 #: at 1 ns) and only the ratio of q to the sample variance shapes the estimates.
 Q_GRID = tuple(10.0**k for k in range(-33, -9))
-#: Forgetting factor of the innovation likelihoods (about 20 updates of memory).
-SCORE_MEMORY = 0.98
+#: Forgetting factor of the innovation likelihoods (about 1000 updates of memory: the
+#: oscillator's wander is a lasting property, and a short memory lets the noise of the
+#: innovations pick extreme models; the scale below is learnt faster).
+SCORE_MEMORY = 0.999
+#: Forgetting factor of each filter's learnt innovation scale.
+SCALE_MEMORY = 0.98
 #: Share of a slew inside an averaging window taken as that window's extra error.
 RAMP_DISTRUST = 0.3
 #: Samples are never trusted to be better than this (s): keeps the weights finite.
@@ -297,7 +301,7 @@ class _Kalman:
             # jitter is often far off, or 0) is learnt as a scale on S. The log-likelihood of
             # the innovation under the scaled model, with forgetting, ranks the filters.
             z2 = innov * innov / s
-            self.scale += (z2 - self.scale) * (1 - SCORE_MEMORY)
+            self.scale += (z2 - self.scale) * (1 - SCALE_MEMORY)
             c = max(self.scale, 1e-12)
             self.score = SCORE_MEMORY * self.score - 0.5 * (math.log(c * s) + z2 / c)
 
@@ -506,6 +510,34 @@ class Discipline:
         self._spike_since = None
         return self._slew(offset, jitter, t_ns, max(0, span_ns), now_ns, poll)
 
+    def add_history(
+        self, offset: float, jitter: float, sample_ns: int, *, span_ns: int = 0
+    ) -> bool:
+        """Add an older sample to the estimate without acting on the clock (the system peer's
+        samples from before its first selection). Returns False when it was not used: not
+        finite, beyond the step threshold (a step will reset the history anyway).
+
+        Call it before the ``update`` with the newest sample, oldest sample first.
+        """
+        if not math.isfinite(offset) or not math.isfinite(jitter):
+            return False
+        if self.step_threshold > 0 and abs(offset) > self.step_threshold:
+            return False
+        sigma = max(jitter, MIN_SAMPLE_ERROR)
+        span_ns = max(0, span_ns)
+        if self._corr.at_ns is None:
+            # Start the correction model here: the frequency set at start has acted since.
+            self._corr.advance(sample_ns - span_ns)
+            self._corr.commit()
+        if span_ns:
+            raw = offset + self._corr.mean(sample_ns - span_ns, sample_ns)
+            t_ns = sample_ns - span_ns // 2
+        else:
+            raw = offset + self._corr.at(sample_ns)
+            t_ns = sample_ns
+        self._est.add(_Point(t_ns, raw, sigma))
+        return True
+
     def correction_at(self, local_ns: int) -> float:
         """Total correction (s) the loop had applied by ``local_ns`` (steps, slews, frequency).
 
@@ -524,7 +556,11 @@ class Discipline:
         """
         if now_ns <= since_ns:
             return 0.0
-        moved = self._corr.at(now_ns) - self._corr.at(since_ns)
+        if self._corr.at_ns is None:
+            # Nothing applied yet but the frequency set at start, which has acted all along.
+            moved = self._corr.freq_ppm * 1e-6 * (now_ns - since_ns) / NS_PER_S
+        else:
+            moved = self._corr.at(now_ns) - self._corr.at(since_ns)
         return moved - self._freq_ppm * 1e-6 * (now_ns - since_ns) / NS_PER_S
 
     def notify_leap(self, step_ns: int) -> None:

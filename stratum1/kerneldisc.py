@@ -189,6 +189,13 @@ class KernelDiscipline(Discipline):
             self._maybe_engage(offset, now_ns)
         return result
 
+    def add_history(
+        self, offset: float, jitter: float, sample_ns: int, *, span_ns: int = 0
+    ) -> bool:
+        if self.locked:
+            return False  # the kernel's loop steers: our estimate restarts when it lets go
+        return super().add_history(offset, jitter, sample_ns, span_ns=span_ns)
+
     def offset_change(self, since_ns: int, now_ns: int) -> float:
         """As the Discipline's, except that while the kernel PPS loop is locked it holds the
         phase: offsets measured since it took over have not moved."""
@@ -201,14 +208,26 @@ class KernelDiscipline(Discipline):
     def tick(self, now_ns: int, snapshot: Any = None) -> None:
         """Once a second: watch the kernel PPS status bits while locked and, given the system
         snapshot, keep the kernel's STA_UNSYNC, maxerror and esterror current (what
-        ``timedatectl``, the RTC sync and other programs read)."""
+        ``timedatectl``, the RTC sync and other programs read). Also ends a fast slew that
+        is overdue (a backstop: the daemon's own timer ends it on time)."""
+        self.service_slew()
         if self.locked:
             self._check(now_ns)
         if snapshot is not None:
             self._report_sync(snapshot, now_ns)
 
+    def service_slew(self, *, force: bool = False) -> float | None:
+        """The clock's ``service_slew`` (fast slews through the tick length; see
+        ``KernelClock``): ends one that is due, returns the seconds left, None if none."""
+        service = getattr(self._clock, "service_slew", None)
+        if service is None or not self._clock.can_adjust:
+            return None
+        return service(force=force)
+
     def close(self, now_ns: int) -> None:
-        """On exit: leave the kernel without PPS discipline (our loop's frequency stays)."""
+        """On exit: leave the kernel without PPS discipline (our loop's frequency stays) and
+        with its nominal tick (a fast slew in progress is cut short)."""
+        self.service_slew(force=True)
         if self.locked:
             self._release(now_ns, "exiting")
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -55,6 +56,11 @@ STA_CLK = 0x8000
 TIME_OK, TIME_INS, TIME_DEL, TIME_OOP, TIME_WAIT, TIME_ERROR = range(6)
 STATE_NAMES = {0: "OK", 1: "INS", 2: "DEL", 3: "OOP", 4: "WAIT", 5: "ERROR"}
 
+#: The kernel's ADJ_OFFSET_SINGLESHOT (adjtime) slew rate, s/s.
+SINGLESHOT_RATE = 500e-6
+#: The fastest slew through the tick length (chrony's default maxslewrate, 83333 PPM): the
+#: kernel accepts ticks within ±10 % of nominal; chrony stays at 1/12.
+TICK_SLEW_RATE = 1.0 / 12.0
 #: The kernel's frequency word is PPM scaled by 2^16.
 FREQ_SCALE = 65536.0
 MAX_FREQ_PPM = 500.0
@@ -147,14 +153,46 @@ def _load_adjtimex():
 
 
 class KernelClock:
-    """CLOCK_REALTIME of this machine, adjusted through adjtimex when ``adjust`` is True."""
+    """CLOCK_REALTIME of this machine, adjusted through adjtimex when ``adjust`` is True.
 
-    slew_rate = 500e-6  # s/s, the kernel's singleshot slew
+    ``max_slew_rate`` (s/s, up to ``TICK_SLEW_RATE``) slews offsets above 500 µs the way
+    chronyd does: the tick length and frequency are set so the clock runs that much fast or
+    slow, for as long as the offset takes, then put back. Ending it on time is the caller's
+    part: ``service_slew()`` says how long is left and ends a slew that is due (the daemon
+    runs it from a timer); what was really slewed is measured on CLOCK_MONOTONIC_RAW and any
+    difference goes to the kernel's own 500 µs/s slew, so a late timer costs a short tail,
+    not an error. Without it (the default) every slew is ADJ_OFFSET_SINGLESHOT at 500 µs/s.
+    """
+
+    slew_rate = SINGLESHOT_RATE  # s/s, the kernel's singleshot slew
     max_freq_ppm = MAX_FREQ_PPM
 
-    def __init__(self, *, adjust: bool = False, adjtimex=None) -> None:
+    def __init__(
+        self,
+        *,
+        adjust: bool = False,
+        adjtimex=None,
+        max_slew_rate: float | None = None,
+        monotonic_raw_ns=None,
+    ) -> None:
+        if max_slew_rate is not None and not SINGLESHOT_RATE < max_slew_rate <= TICK_SLEW_RATE:
+            raise ValueError(
+                f"max_slew_rate {max_slew_rate} s/s is outside ({SINGLESHOT_RATE}, "
+                f"{TICK_SLEW_RATE:.6f}]"
+            )
         self._adjust = adjust
         self._fn = adjtimex if adjtimex is not None else _load_adjtimex()
+        self._fast = max_slew_rate
+        if max_slew_rate is not None:
+            self.slew_rate = max_slew_rate
+        self._raw_ns = monotonic_raw_ns or (
+            lambda: time.clock_gettime_ns(time.CLOCK_MONOTONIC_RAW)
+        )
+        hz = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+        self.nominal_tick_us = 1_000_000 // hz
+        self._base_ppm: float | None = None  # our frequency, without the slew's share
+        # The fast slew in progress: (target s, start raw ns, rate s/s actually set).
+        self._slewing: tuple[float, int, float] | None = None
 
     # --- Clock interface --------------------------------------------------------------------
 
@@ -178,24 +216,93 @@ class KernelClock:
         self._call(tx)
 
     def slew(self, offset: float) -> None:
-        """Amortise ``offset`` s at 500 µs/s, replacing any slew in progress (adjtime)."""
+        """Amortise ``offset`` s, replacing any slew in progress (adjtime): at 500 µs/s, or
+        at ``max_slew_rate`` through the tick length when that is set and the offset is
+        above what 500 µs/s does in a second."""
+        if self._fast is None:
+            self._singleshot(offset)
+            return
+        if self._slewing is not None:
+            self._end_fast()
+        if abs(offset) <= SINGLESHOT_RATE:
+            self._singleshot(offset)
+            return
+        self._singleshot(0.0)  # what the kernel still had to slew is replaced
+        self._start_fast(offset)
+
+    def service_slew(self, *, force: bool = False) -> float | None:
+        """End the fast slew if it is due (or at once with ``force``: on exit); return the
+        seconds left until it is due, or None when none is in progress."""
+        if self._slewing is None:
+            return None
+        target, start, rate = self._slewing
+        left = abs(target / rate) - (self._raw_ns() - start) / NS_PER_S
+        if left > 1e-6 and not force:  # a microsecond early is on time (rounding)
+            return left
+        self._end_fast()
+        return None
+
+    def set_frequency(self, ppm: float) -> None:
+        """Set the frequency correction with the kernel PLL/FLL off (the daemon's loop rules)."""
+        ppm = max(-MAX_FREQ_PPM, min(MAX_FREQ_PPM, ppm))
+        if self._slewing is not None:
+            # Keep slewing what is left, on top of the new frequency.
+            left = self._end_fast(hand_over=False)
+            self._base_ppm = ppm
+            self._start_fast(left)
+            return
+        self._base_ppm = ppm
+        self._set_rate(ppm, self.nominal_tick_us)
+
+    def frequency(self) -> float:
+        if self._base_ppm is not None:
+            return self._base_ppm
+        return self.read().frequency_ppm
+
+    # --- the fast slew ----------------------------------------------------------------------
+
+    def _singleshot(self, offset: float) -> None:
         tx = Timex()
         tx.modes = ADJ_OFFSET_SINGLESHOT
         tx.offset = round(offset * 1e6)  # singleshot offsets are always microseconds
         self._call(tx)
 
-    def set_frequency(self, ppm: float) -> None:
-        """Set the frequency correction with the kernel PLL/FLL off (the daemon's loop rules)."""
-        ppm = max(-MAX_FREQ_PPM, min(MAX_FREQ_PPM, ppm))
+    def _set_rate(self, ppm: float, tick_us: int) -> None:
         status = self.read().status
         tx = Timex()
-        tx.modes = ADJ_FREQUENCY | ADJ_STATUS
+        tx.modes = ADJ_FREQUENCY | ADJ_STATUS | ADJ_TICK
         tx.freq = round(ppm * FREQ_SCALE)
+        tx.tick = tick_us
         tx.status = status & ~(STA_PLL | STA_FLL | STA_PPSFREQ | STA_PPSTIME)
         self._call(tx)
 
-    def frequency(self) -> float:
-        return self.read().frequency_ppm
+    def _start_fast(self, offset: float) -> None:
+        assert self._fast is not None
+        if self._base_ppm is None:
+            self._base_ppm = self.read().frequency_ppm
+        if offset == 0.0:
+            return
+        # One µs of tick is 100 PPM (at 100 ticks/s); the kernel's frequency word does the rest.
+        per_tick = 1e6 / self.nominal_tick_us
+        total = self._base_ppm + math.copysign(self._fast * 1e6, offset)
+        delta = round(total / per_tick)
+        rest = total - delta * per_tick
+        self._set_rate(rest, self.nominal_tick_us + delta)
+        rate = abs(delta * per_tick + rest - self._base_ppm) * 1e-6
+        self._slewing = (offset, self._raw_ns(), rate)
+
+    def _end_fast(self, *, hand_over: bool = True) -> float:
+        """Put tick and frequency back; return (and with ``hand_over`` give the kernel's
+        singleshot slew) what is left of the target, which is negative after an overrun."""
+        assert self._slewing is not None and self._base_ppm is not None
+        target, start, rate = self._slewing
+        self._set_rate(self._base_ppm, self.nominal_tick_us)
+        elapsed = max(0, self._raw_ns() - start) / NS_PER_S
+        self._slewing = None
+        left = target - math.copysign(rate * elapsed, target)
+        if hand_over:
+            self._singleshot(left)
+        return left
 
     # --- kernel discipline extras -------------------------------------------------------------
 

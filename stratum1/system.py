@@ -16,7 +16,7 @@ from .association import (
     Association,
     normalize_refid,
 )
-from .clockfilter import PHI, Stage
+from .clockfilter import MAXDISPERSE, PHI, Stage
 from .mitigation import PPS_GATE, Mitigated, mitigate
 from .ntptime import NS_PER_S
 from .orphan import orphan_parent_snapshot, pick_orphan_parent
@@ -28,6 +28,10 @@ from .snapshot import STRATUM_UNSYNC, SystemSnapshot
 STEP_REFID = b"STEP"
 #: Share of the peer jitter taken as a network sample's error when its delay is the minimum.
 NET_SIGMA_FLOOR = 0.5
+#: Real samples a source needs before the selection leaves its never-filled filter stages out
+#: of its distance (chrony's minimum for a regression; ntpd's 16 s per empty stage holds a new
+#: source until its fourth sample). A source with fewer is judged as ntpd judges it.
+EARLY_SELECT_SAMPLES = 3
 
 
 class DisciplineResultLike(Protocol):
@@ -117,7 +121,11 @@ class SystemProcess:
         pps_gate: float = PPS_GATE,
         poll: int = 6,
         start_ns: int | None = None,
+        early_samples: int | None = EARLY_SELECT_SAMPLES,
     ) -> None:
+        if early_samples is not None and early_samples < 2:
+            raise ValueError("early_samples must be at least 2 (or None for ntpd's rule)")
+        self.early_samples = early_samples
         self.tos = coerce_tos(tos)
         self.precision = precision
         self.discipline = discipline
@@ -188,11 +196,14 @@ class SystemProcess:
             return "stratum"
         # Refclocks too: a unit whose filter holds one sample is ~8 s from the truth on paper,
         # and a server that answered "synchronised" then would be refused by every client.
-        if a.root_distance(now_ns, tos.mindist) >= tos.maxdist + PHI * 2**a.poll:
+        if self._distance(a, now_ns) >= tos.maxdist + PHI * 2**a.poll:
             return "distance"
         if not a.refclock and a.stratum > 1 and a.refid in self.local_refids:
             return "loop"
         return None
+
+    def _distance(self, a: Association, now_ns: int) -> float:
+        return a.selection_distance(now_ns, self.tos.mindist, self.early_samples)
 
     def correction_since(self, local_ns: int, now_ns: int) -> float:
         """How far (s) an offset measured at ``local_ns`` has moved by ``now_ns`` through the
@@ -216,7 +227,7 @@ class SystemProcess:
         return Candidate(
             key=a.assoc_id,
             offset=self.current_offset(a, now_ns),
-            distance=a.root_distance(now_ns, self.tos.mindist),
+            distance=self._distance(a, now_ns),
             jitter=a.jitter,
             stratum=a.stratum,
             prefer=a.prefer,
@@ -316,6 +327,7 @@ class SystemProcess:
 
         self._commit(codes)
         self.orphan_parent = False
+        first = self._sys_epoch_ns == 0
         self._sys_epoch_ns = newest.epoch_ns
         self.system_peer = peer
         self.pps_peer = peer if mit.pps_active else None
@@ -328,6 +340,8 @@ class SystemProcess:
             jitter = math.hypot(peer.jitter, mit.selection.jitter)
 
         if self.discipline is not None:
+            if first:
+                self._feed_history(peer, newest, mit, now_ns)
             result = self.discipline.update(
                 offset,
                 sigma,
@@ -379,10 +393,42 @@ class SystemProcess:
             sigma = spread / math.sqrt(count)
         else:
             excess = max(0.0, newest.delay - peer.filter.min_delay()) / 2.0
-            sigma = math.hypot(excess, NET_SIGMA_FLOOR * peer.jitter)
+            sigma = math.hypot(excess, NET_SIGMA_FLOOR * self._net_jitter(peer, now_ns))
         if not (mit.pps_active or peer.prefer):
             sigma = math.hypot(sigma, mit.selection.jitter)
         return offset, sigma, newest.local_ns, newest.span_ns
+
+    def _feed_history(
+        self, peer: Association, newest: Stage, mit: Mitigated, now_ns: int
+    ) -> None:
+        """The first update since start (or a step): hand the loop the system peer's older
+        samples too, oldest first, so its first correction already knows the frequency
+        (chrony's regression starts from every sample the source has given)."""
+        add = getattr(self.discipline, "add_history", None)
+        if add is None:
+            return
+        older = [
+            s
+            for s in peer.filter_stages()
+            if s.epoch_ns and s.dispersion < MAXDISPERSE and s.epoch_ns < newest.epoch_ns
+        ]
+        for stage in sorted(older, key=lambda s: s.epoch_ns):
+            offset, sigma, sample_ns, span_ns = self._measurement(peer, stage, mit, now_ns)
+            add(offset, sigma, sample_ns, span_ns=span_ns)
+
+    def _net_jitter(self, peer: Association, now_ns: int) -> float:
+        """The peer jitter with each stage's offset taken net of the corrections made since it
+        was measured: the filter's own jitter (ntpq's) mixes offsets from before and after a
+        correction, and right after the first 10 ms slew it would say milliseconds."""
+        stages = [s for s in peer.filter_stages() if s.epoch_ns and s.dispersion < MAXDISPERSE]
+        if len(stages) < 2:
+            return peer.jitter
+        best = min(stages, key=lambda s: s.delay)
+        ref = best.offset - self.correction_since(best.local_ns, now_ns)
+        sq = math.fsum(
+            (s.offset - self.correction_since(s.local_ns, now_ns) - ref) ** 2 for s in stages
+        )
+        return max(math.sqrt(sq / (len(stages) - 1)), peer.filter.precision_floor)
 
     def _orphanwait_ns(self) -> int:
         return int(self.tos.orphanwait * NS_PER_S)
@@ -399,7 +445,11 @@ class SystemProcess:
         age = max(0, now_ns - peer.update_ns) / NS_PER_S
         root_disp = max(
             self.tos.mindist,
-            peer.root_dispersion + peer.dispersion + jitter + PHI * age + abs(offset),
+            peer.root_dispersion
+            + peer.selection_dispersion(self.early_samples)
+            + jitter
+            + PHI * age
+            + abs(offset),
         )
         return SystemSnapshot(
             leap=leap,

@@ -259,3 +259,21 @@ def test_refclock_window_span_and_spread_are_kept_with_the_sample():
     # Without an explicit span, none is assumed.
     a.receive(m(offset=0.002, local_ns=T0 + 15 * S), T0 + 16 * S)
     assert a.sample_span_ns == 0 and a.newest_jitter is None
+
+
+def test_selection_distance_leaves_never_filled_stages_out_from_the_third_sample():
+    a = server()
+    now = T0
+    for k in range(3):
+        now = T0 + k * 64 * S
+        a.receive(m(offset=0.0, delay=0.004, disp=1e-5, local_ns=now), now, stratum=1,
+                  refid=b"GPS", root_dispersion=1e-4)
+        full = a.root_distance(now)
+        early = a.selection_distance(now, early_samples=3)
+        assert a.selection_distance(now) == full  # None: ntpd's rule
+        if k < 2:
+            assert early == full  # one or two samples are never trusted early
+        else:
+            assert early < 0.01 < 1.5 < full
+    assert a.selection_dispersion(3) == pytest.approx(early - (full - a.dispersion), abs=1e-12)
+    assert a.dispersion > 1.5  # ntpq's view keeps ntpd's value

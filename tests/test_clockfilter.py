@@ -152,3 +152,18 @@ def test_popcorn_spike_is_flagged_as_the_newest():
     assert r.popcorn and f.last_popcorn
     f.add(1e-5, 0.01, 0.0, T0 + (NTP_SHIFT + 1) * 64 * S, poll=POLL)
     assert not f.last_popcorn
+
+
+def test_sample_count_and_the_dispersion_of_filled_stages():
+    f = ClockFilter()
+    assert f.sample_count() == 0 and f.filled_dispersion == MAXDISPERSE
+    for i in range(3):
+        f.add(0.0, 0.01, 0.001, T0 + i * S, poll=POLL)
+    assert f.sample_count() == 3
+    # The three real stages alone (aged a little), the five empty ones left out.
+    assert f.filled_dispersion < 0.002 < 1.5 < f.dispersion
+    f.add(0.0, 0.0, MAXDISPERSE, T0 + 3 * S, poll=POLL)  # a missed poll's dummy
+    assert f.sample_count() == 3
+    assert f.filled_dispersion >= MAXDISPERSE / 16  # the dummy counts in full (4th stage)
+    f.clear(T0)
+    assert f.sample_count() == 0 and f.filled_dispersion == MAXDISPERSE

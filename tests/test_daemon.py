@@ -260,3 +260,34 @@ def test_workers_answer_clients_and_forward_control_requests(tmp_path):
     for pid in pids:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_fast_slew_is_ended_by_a_timer_when_it_is_due(tmp_path):
+    """The daemon asks the discipline how long the slew in progress has left and comes back
+    exactly then, so the kernel's tick length is put back on time."""
+    from stratum1.clock import FrozenDisciplineClock, SystemClock
+    from stratum1.daemon import Daemon
+
+    conf = tmp_path / "ntp.conf"
+    conf.write_text(LOCAL_CONF)
+    opts = options_from_args(build_parser().parse_args(
+        ["run", "-n", "--no-discipline", "-c", str(conf), "--listen", "127.0.0.1:0"]))
+    d = Daemon(load_config(opts), opts, FrozenDisciplineClock(SystemClock()))
+
+    class SlewingDiscipline:
+        def __init__(self):
+            self.calls = []
+            self.left = [0.05, 0.01, None]  # due in 50 ms, then 10 ms more (rounding), done
+
+        def service_slew(self, *, force=False):
+            self.calls.append(time.monotonic())
+            return self.left.pop(0)
+
+    d.discipline = SlewingDiscipline()
+    d._schedule_slew_end()
+    assert d._slew_timer is not None
+    d.loop.run(until_ns=d.loop.now_ns() + 300_000_000)
+    calls = d.discipline.calls
+    assert len(calls) == 3 and d._slew_timer is None
+    assert calls[1] - calls[0] >= 0.045 and calls[2] - calls[1] >= 0.005
+    d.loop.close()

@@ -245,3 +245,26 @@ def test_follow_external_then_take_over() -> None:
     result = d.update(20e-6, 1e-6, T0 + 216 * NS, poll=4)
     assert result.action == SLEW and result.samples == 1  # a fresh history
     assert result.frequency_ppm == pytest.approx(-8.0, abs=0.1)  # the prior held it
+
+
+def test_history_before_the_first_update_gives_the_frequency_at_once() -> None:
+    clk = SimClock(T0, offset=0.010, freq_ppm=20.0, wander=0.0, slew_rate=1 / 12)
+    d = Discipline(clk)
+    for k in range(2):
+        clk.advance_to(T0 + k * 16 * NS)
+        assert d.add_history(-clk.error, 1e-5, clk.now_ns())
+    assert clk.frequency() == 0.0 and not d.clock_set  # history never acts on the clock
+    clk.advance_to(T0 + 32 * NS)
+    r = d.update(-clk.error, 1e-5, clk.now_ns(), poll=4)
+    assert r.action == SLEW and r.frequency_ppm == pytest.approx(-20.0, abs=0.5)
+    clk.advance_to(T0 + 33 * NS)
+    assert abs(clk.error) < 10e-6  # slewed within the second, and no drift left
+    assert not d.add_history(0.5, 1e-5, clk.now_ns())  # beyond the step threshold: unused
+    assert not d.add_history(float("nan"), 1e-5, clk.now_ns())
+
+
+def test_offset_change_before_any_update_counts_the_start_frequency() -> None:
+    clk = SimClock(T0, wander=0.0)
+    d = Discipline(clk, initial_frequency_ppm=-5.0)
+    # The drift file's -5 PPM acted all along, and the loop expects exactly that drift.
+    assert d.offset_change(T0, T0 + 10 * NS) == pytest.approx(0.0, abs=1e-12)

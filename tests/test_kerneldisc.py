@@ -28,6 +28,7 @@ from stratum1.sysclock import (
     ADJ_OFFSET,
     ADJ_OFFSET_SINGLESHOT,
     ADJ_STATUS,
+    ADJ_TICK,
     STA_CLOCKERR,
     STA_FLL,
     STA_NANO,
@@ -39,6 +40,7 @@ from stratum1.sysclock import (
     STA_PPSTIME,
     STA_PPSWANDER,
     STA_UNSYNC,
+    TICK_SLEW_RATE,
     TIME_ERROR,
     TIME_OK,
     KernelClock,
@@ -447,3 +449,25 @@ def test_enable_kernel_on_reload() -> None:
     assert d.reason == ""
     settle(d, t)
     assert d.locked and fake.kernel_status & PPS_BITS
+
+
+def test_fast_slew_is_ended_by_tick_and_on_exit() -> None:
+    fake = FakeKernel()
+    raw = [5 * NS]
+    clock = KernelClock(adjust=True, adjtimex=fake, max_slew_rate=TICK_SLEW_RATE,
+                        monotonic_raw_ns=lambda: raw[0])
+    d = KernelDiscipline(clock, kernel=False)
+    assert d.update(-0.010, 1e-4, T0, poll=4).action == SLEW
+    left = d.service_slew()
+    assert left == pytest.approx(0.12, rel=0.05)  # 10 ms at 1/12 s/s
+    assert any(w["modes"] & ADJ_TICK for w in fake.writes)
+    d.tick(T0 + NS // 20)  # not due yet
+    assert d.service_slew() is not None
+    raw[0] += NS  # the daemon's timer was missed: the once-a-second tick ends it
+    d.tick(T0 + NS)
+    assert d.service_slew() is None
+    assert fake.singleshot is not None and fake.singleshot > 0  # the overrun, given back
+    d.update(0.002, 1e-4, T0 + 16 * NS, poll=4)
+    assert d.service_slew() is not None
+    d.close(T0 + 17 * NS)
+    assert d.service_slew() is None

@@ -15,6 +15,7 @@ from stratum1.sysclock import (
     ADJ_OFFSET_SINGLESHOT,
     ADJ_SETOFFSET,
     ADJ_STATUS,
+    ADJ_TICK,
     STA_INS,
     STA_NANO,
     STA_PLL,
@@ -22,6 +23,7 @@ from stratum1.sysclock import (
     STA_PPSSIGNAL,
     STA_PPSTIME,
     STA_UNSYNC,
+    TICK_SLEW_RATE,
     KernelClock,
     Timex,
     status_names,
@@ -142,3 +144,118 @@ def test_status_names_and_pps_counters() -> None:
     assert (kt.pps_jitter_count, kt.pps_calibrations, kt.pps_errors, kt.pps_stability_count) == (
         3, 40, 2, 1)
     assert kt.pps_jitter_ns == 1500
+
+
+class TickKernel(FakeKernel):
+    """A fake adjtimex that also keeps time: integrates what tick, frequency and the
+    singleshot slew did to the clock (``gained``, s) over a fake CLOCK_MONOTONIC_RAW."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.raw_ns = 1_000 * 1_000_000_000
+        self._at = self.raw_ns
+        self.tick = 10_000
+        self.single = 0.0  # s the kernel's singleshot slew still has to do
+        self.gained = 0.0
+
+    def advance(self, seconds: float, steps: int = 1000) -> None:
+        for _ in range(steps):
+            self.raw_ns += round(seconds / steps * 1e9)
+            self._integrate()
+
+    def _integrate(self) -> None:
+        dt = (self.raw_ns - self._at) / 1e9
+        self._at = self.raw_ns
+        ppm = (self.tick - 10_000) * 100 + self.freq / 65536
+        self.gained += ppm * 1e-6 * dt
+        done = min(abs(self.single), 500e-6 * dt)
+        done = done if self.single > 0 else -done
+        self.gained += done
+        self.single -= done
+
+    def __call__(self, ptr) -> int:
+        self._integrate()
+        tx = ptr._obj
+        if tx.modes == ADJ_OFFSET_SINGLESHOT:
+            self.single = tx.offset * 1e-6
+        elif tx.modes & ADJ_TICK:
+            assert 9000 <= tx.tick <= 11000  # the kernel's limits (±10 %)
+            self.tick = tx.tick
+        rc = super().__call__(ptr)
+        tx.tick = self.tick
+        return rc
+
+
+def fast_clock(rate: float = TICK_SLEW_RATE) -> tuple[KernelClock, TickKernel]:
+    fake = TickKernel()
+    k = KernelClock(adjust=True, adjtimex=fake, max_slew_rate=rate,
+                    monotonic_raw_ns=lambda: fake.raw_ns)
+    k.nominal_tick_us = 10_000
+    return k, fake
+
+
+def test_fast_slew_through_the_tick_length_ends_on_time() -> None:
+    k, fake = fast_clock()
+    assert k.slew_rate == pytest.approx(1 / 12)
+    k.set_frequency(-20.0)
+    k.slew(0.010)
+    assert fake.tick > 10_000  # the clock runs fast by the tick length
+    left = k.service_slew()
+    assert left == pytest.approx(0.010 * 12, rel=0.01)
+    fake.advance(left / 2)
+    assert k.service_slew() == pytest.approx(left / 2, rel=0.02)  # not due: nothing changes
+    assert fake.tick > 10_000
+    fake.advance(left / 2)
+    assert k.service_slew() is None
+    assert fake.tick == 10_000 and fake.freq == round(-20.0 * 65536)
+    assert k.frequency() == -20.0
+    fake.advance(2.0)
+    # 10 ms slewed on top of the -20 PPM frequency, within a microsecond.
+    assert fake.gained == pytest.approx(0.010 - 20e-6 * (left + 2.0), abs=1e-6)
+
+
+def test_a_late_end_is_made_good_by_the_kernel_slew() -> None:
+    k, fake = fast_clock()
+    k.set_frequency(0.0)
+    k.slew(-0.005)
+    left = k.service_slew()
+    assert left is not None
+    fake.advance(left + 0.004)  # the timer came 4 ms late: 333 µs too far
+    assert k.service_slew() is None
+    assert fake.single == pytest.approx(333e-6, rel=0.02)
+    fake.advance(2.0)
+    assert fake.gained == pytest.approx(-0.005, abs=1e-6)
+
+
+def test_fast_slew_is_replaced_and_frequency_changes_keep_it_going() -> None:
+    k, fake = fast_clock()
+    k.set_frequency(5.0)
+    k.slew(0.008)
+    fake.advance(0.048)  # 4 ms of the 8 done
+    k.set_frequency(-5.0)  # the loop's next update: new frequency, the slew goes on
+    assert fake.tick > 10_000
+    k.slew(0.001)  # replaces what was left (adjtime semantics)
+    due = k.service_slew()
+    assert due == pytest.approx(0.012, rel=0.02)
+    fake.advance(due)
+    assert k.service_slew() is None
+    fake.advance(0.5 - due)
+    k.slew(0.0002)  # small: the kernel's own slew, no tick change
+    assert fake.tick == 10_000 and fake.single == pytest.approx(0.0002)
+    fake.advance(1.0)
+    expect = 0.004 + 0.001 + 0.0002 + 5e-6 * 0.048 - 5e-6 * 1.5
+    assert fake.gained == pytest.approx(expect, abs=2e-6)
+
+
+def test_forced_end_on_exit_and_bad_rates() -> None:
+    k, fake = fast_clock()
+    k.slew(0.050)
+    fake.advance(0.1)
+    assert k.service_slew(force=True) is None
+    assert fake.tick == 10_000 and fake.single > 0  # the rest is the kernel's, bounded
+    for bad in (0.0, 400e-6, 0.2):
+        with pytest.raises(ValueError):
+            KernelClock(adjtimex=FakeKernel(), max_slew_rate=bad)
+    ro = KernelClock(adjtimex=FakeKernel(), max_slew_rate=TICK_SLEW_RATE)
+    with pytest.raises(PermissionError):
+        ro.slew(0.010)

@@ -136,9 +136,10 @@ def test_unsynchronized_before_any_sample():
     assert sp.system_peer is None and sp.get(1).tally == " "
 
 
-def test_gps_refclock_system_snapshot():
+@pytest.mark.parametrize("early, fed", [(3, 6), (None, 5)])
+def test_gps_refclock_system_snapshot(early, fed):
     disc = FakeDiscipline()
-    sp = SystemProcess(precision=-22, discipline=disc)
+    sp = SystemProcess(precision=-22, discipline=disc, early_samples=early)
     gps = refclock(1, prefer=True)
     sp.add(gps)
     now = T0
@@ -153,8 +154,9 @@ def test_gps_refclock_system_snapshot():
     assert snap.offset == pytest.approx(0.0012) and snap.system_peer_id == 1
     assert snap.reference_ns == gps.update_ns
     assert sp.system_peer is gps and gps.tally == "*"
-    # Polls 1-3 leave the filter too empty (root distance > maxdist); 4-8 discipline.
-    assert len(disc.calls) == 5 and disc.calls[-1][0] == pytest.approx(0.0012)
+    # ntpd's rule: polls 1-3 leave the filter too empty (root distance > maxdist), 4-8
+    # discipline; with the early rule the third sample is enough.
+    assert len(disc.calls) == fed and disc.calls[-1][0] == pytest.approx(0.0012)
 
 
 def test_refclock_fudged_stratum_adds_one():
@@ -203,8 +205,9 @@ def test_network_client_system_snapshot():
     assert 0.0008 < snap.offset < 0.0012  # combined
 
 
-def test_falseticker_marked_x_and_never_selected():
-    sp = SystemProcess(precision=-20, discipline=FakeDiscipline())
+@pytest.mark.parametrize("early", [3, None])
+def test_falseticker_marked_x_and_never_selected(early):
+    sp = SystemProcess(precision=-20, discipline=FakeDiscipline(), early_samples=early)
     good = [server(i, f"192.0.2.{i}") for i in (1, 2, 3)]
     bad = server(4, "203.0.113.9")
     for s in [*good, bad]:
@@ -220,7 +223,7 @@ def test_falseticker_marked_x_and_never_selected():
         if rnd == 0:
             continue  # two samples each: distances still above maxdist, nobody is fit
         assert sp.system_peer is not None
-        if rnd == 1:
+        if rnd == 1 and early is None:
             # Root distances near 0.94 s still cover the 0.7 s error: clustering casts it out.
             assert bad.tally == "-"
         else:
@@ -241,7 +244,9 @@ def test_noselect_and_unreachable_are_not_candidates():
 
 
 def test_network_source_needs_distance_below_maxdist():
-    sp = SystemProcess(precision=-20, discipline=None)
+    # ntpd's rule (early_samples=None): four samples before the empty stages' 16 s each
+    # let the root distance below maxdist.
+    sp = SystemProcess(precision=-20, discipline=None, early_samples=None)
     a = server(1, "192.0.2.1")
     sp.add(a)
     burst_server(a, T0, 0.0, n=3)
@@ -250,6 +255,45 @@ def test_network_source_needs_distance_below_maxdist():
     burst_server(a, T0 + 10 * S, 0.0, n=1)
     sp.update(T0 + 20 * S)
     assert sp.system_peer is a
+
+
+def test_early_rule_selects_at_the_third_sample_never_before():
+    sp = SystemProcess(precision=-20, discipline=FakeDiscipline())
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    for n, fit in ((1, False), (2, False), (3, True)):
+        burst_server(a, T0 + n * 10 * S, 0.0, n=1)
+        snap = sp.update(T0 + n * 10 * S + S)
+        assert (sp.system_peer is a) == fit, n
+        assert (a.unfit_reason == "distance") != fit
+    # ntpq still shows ntpd's dispersion; the served root distance is the selection's, so
+    # clients (maxdist 1.5 s) accept the first synchronised answer.
+    assert a.dispersion > 1.5 > snap.root_dispersion + snap.root_delay / 2
+    assert snap.synchronized
+
+
+def test_early_rule_still_counts_missed_polls_and_respects_a_small_maxdist():
+    sp = SystemProcess(precision=-20, discipline=FakeDiscipline())
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    now = T0
+    for _ in range(3):
+        burst_server(a, now, 0.0, n=1)
+        now += 16 * S
+    sp.update(now)
+    assert sp.system_peer is a
+    for _ in range(4):  # silent polls push 16 s dummies, which still count in full
+        a.poll_missed(now)
+        now += 16 * S
+    sp.update(now)
+    assert a.unfit_reason == "distance"
+    strict = SystemProcess(precision=-20, discipline=FakeDiscipline(), tos=Tos(maxdist=0.01))
+    b = server(2, "192.0.2.2")
+    strict.add(b)
+    for k in range(3):
+        burst_server(b, T0 + k * 16 * S, 0.0, delay=0.030, n=1)  # delay/2 beyond maxdist
+    strict.update(T0 + 40 * S)
+    assert b.unfit_reason == "distance"
 
 
 def test_loop_detection():
@@ -626,3 +670,29 @@ def test_candidate_offsets_are_net_of_corrections_made_since_the_sample():
     # The lone survivor's newest sample is fed as it is: no stale 10 ms.
     assert disc.calls[-1][0] == pytest.approx(0.001)
     assert snap.offset == pytest.approx(0.001)
+
+
+@dataclass
+class HistoryDiscipline(FakeDiscipline):
+    history: list[tuple[float, float, int]] = field(default_factory=list)
+
+    def add_history(self, offset, jitter, sample_ns, *, span_ns=0):
+        self.history.append((offset, jitter, sample_ns))
+        return True
+
+
+def test_first_update_hands_the_older_samples_over_oldest_first():
+    disc = HistoryDiscipline()
+    sp = SystemProcess(precision=-20, discipline=disc)
+    a = server(1, "192.0.2.1")
+    sp.add(a)
+    for k in range(3):
+        burst_server(a, T0 + k * 16 * S, 0.001 * (k + 1), n=1)
+    sp.update(T0 + 40 * S)
+    assert sp.system_peer is a
+    assert [h[0] for h in disc.history] == pytest.approx([0.001, 0.002])
+    assert [h[2] for h in disc.history] == [T0, T0 + 16 * S]
+    assert disc.calls[-1][0] == pytest.approx(0.003)
+    burst_server(a, T0 + 48 * S, 0.004, n=1)
+    sp.update(T0 + 50 * S)
+    assert len(disc.history) == 2 and len(disc.calls) == 2  # later updates: the new one only

@@ -21,7 +21,8 @@ class SimClock:
 
     ``offset`` (s) and ``freq_ppm`` are the local clock's error at the start: positive means
     the clock is ahead / runs fast. ``wander`` is the random walk of fractional frequency in
-    1/sqrt(s) (1e-9 is a typical crystal). ``advance_to`` moves it through true time; the
+    1/sqrt(s) (1e-9 is a typical crystal). ``slew_rate`` (s/s) is how fast ``slew`` amortises
+    an offset (adjtime's 500 µs/s by default). ``advance_to`` moves it through true time; the
     simulator calls it, never the code under test.
     """
 
@@ -37,7 +38,14 @@ class SimClock:
         wander: float = 1e-9,
         rng: random.Random | None = None,
         can_adjust: bool = True,
+        slew_rate: float | None = None,
     ) -> None:
+        if slew_rate is not None:
+            if not 0 < slew_rate <= 0.1:
+                raise ValueError(f"slew rate {slew_rate} s/s is outside (0, 0.1]")
+            # A kernel clock slewed through the tick length (``KernelClock(max_slew_rate=)``,
+            # chrony's maxslewrate) instead of adjtime's 500 µs/s.
+            self.slew_rate = slew_rate
         self.true_ns = true_ns
         self._start_ns = true_ns
         self.error = offset  # s, local minus true (continuous scale)

@@ -8,12 +8,16 @@ from dataclasses import dataclass
 from ..discipline import Discipline
 from ..leapfile import format_leapfile, parse_leapfile
 from ..ntptime import NS_PER_S, NTP_UNIX_OFFSET_S
+from ..sysclock import TICK_SLEW_RATE
 from .world import Outage, RefclockModel, Score, ServerModel, World, run
 
 #: 2016-12-01 00:00 UTC: a month that ended with an inserted leap second.
 START_NS = 1_480_550_400 * NS_PER_S
 LEAP_NS = 1_483_228_800 * NS_PER_S  # 2017-01-01 00:00:00 UTC
 HOUR = 3600
+#: How fast the simulated clock slews: the kernel clock driven through its tick length
+#: (``KernelClock(max_slew_rate=...)``), as chronyd drives it. None: adjtime's 500 µs/s.
+SLEW_RATE: float | None = TICK_SLEW_RATE
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,7 @@ class Scenario:
 
 def _pps_shm(jitter: float, drift: bool) -> Callable[[int, int, str], Score]:
     def build(seed: int, seconds: int, mode: str) -> Score:
-        w = World(seed=seed, start_ns=START_NS)
+        w = World(seed=seed, start_ns=START_NS, slew_rate=SLEW_RATE)
         d = Discipline(w.clock, initial_frequency_ppm=-20.0 if drift else None)
         pps = RefclockModel("PPS", kind="pps", jitter=jitter)
         shm = RefclockModel("SHM", kind="shm", jitter=1e-3, prefer=True)
@@ -37,7 +41,7 @@ def _pps_shm(jitter: float, drift: bool) -> Callable[[int, int, str], Score]:
 
 
 def _shm(seed: int, seconds: int, mode: str) -> Score:
-    w = World(seed=seed, start_ns=START_NS)
+    w = World(seed=seed, start_ns=START_NS, slew_rate=SLEW_RATE)
     d = Discipline(w.clock)
     return run(w, d, refclocks=[RefclockModel("SHM", kind="shm", jitter=1e-3)],
                seconds=seconds, mode=mode)
@@ -45,7 +49,7 @@ def _shm(seed: int, seconds: int, mode: str) -> Score:
 
 def _net_client(iburst: bool) -> Callable[[int, int, str], Score]:
     def build(seed: int, seconds: int, mode: str) -> Score:
-        w = World(seed=seed, start_ns=START_NS)
+        w = World(seed=seed, start_ns=START_NS, slew_rate=SLEW_RATE)
         d = Discipline(w.clock, minpoll=4, maxpoll=4)
         return run(w, d, servers=[ServerModel("server", iburst=iburst)], seconds=seconds,
                    mode="system")
@@ -57,7 +61,7 @@ _net = _net_client(False)
 
 
 def _falseticker(seed: int, seconds: int, mode: str) -> Score:
-    w = World(seed=seed, start_ns=START_NS)
+    w = World(seed=seed, start_ns=START_NS, slew_rate=SLEW_RATE)
     d = Discipline(w.clock, minpoll=4, maxpoll=4)
     servers = [ServerModel(f"s{i}", asymmetry=(i - 1.5) * 20e-6) for i in range(3)]
     servers.append(ServerModel("false", offset=0.050))
@@ -65,7 +69,7 @@ def _falseticker(seed: int, seconds: int, mode: str) -> Score:
 
 
 def _outage(seed: int, seconds: int, mode: str) -> Score:
-    w = World(seed=seed, start_ns=START_NS)
+    w = World(seed=seed, start_ns=START_NS, slew_rate=SLEW_RATE)
     d = Discipline(w.clock)
     gone = [Outage(HOUR, 2 * HOUR)]
     refs = [RefclockModel("SHM", kind="shm", jitter=1e-3, prefer=True, outages=gone),
@@ -86,7 +90,7 @@ LEAP_TABLE = parse_leapfile(
 def leap_run(seed: int, seconds: int, *, kernel: bool, before_s: int = 1200) -> Score:
     """Start ``before_s`` before the leap (clock already good) with PPS + SHM."""
     w = World(seed=seed, start_ns=LEAP_NS - before_s * NS_PER_S, offset=0.0, freq_ppm=5.0,
-              leaps_ns=(LEAP_NS,))
+              leaps_ns=(LEAP_NS,), slew_rate=SLEW_RATE)
     d = Discipline(w.clock, initial_frequency_ppm=-5.0)
     refs = [RefclockModel("SHM", kind="shm", jitter=1e-3, prefer=True),
             RefclockModel("PPS", kind="pps")]

@@ -147,6 +147,7 @@ class World:
         wander: float = 1e-9,
         leaps_ns: tuple[int, ...] = (),
         can_adjust: bool = True,
+        slew_rate: float | None = None,
     ) -> None:
         self.rng = random.Random(seed)
         self.start_ns = start_ns
@@ -158,6 +159,7 @@ class World:
             wander=wander,
             rng=random.Random(seed * 7919 + 1),
             can_adjust=can_adjust,
+            slew_rate=slew_rate,
         )
         self.leaps_ns = leaps_ns  # UTC instants (Unix ns) right after each inserted second
 

@@ -123,3 +123,28 @@ def test_network_client_with_iburst_converges_and_keeps_polling() -> None:
     assert s.max < 100e-6
     assert s.tallies["server"] == "*"
     assert "step" not in s.actions and s.actions.get("slew", 0) > 8
+
+
+def test_sim_clock_slew_rate_is_configurable() -> None:
+    c = SimClock(START_NS, offset=0.010, wander=0.0, slew_rate=1 / 12)
+    c.slew(-0.010)
+    c.advance_to(START_NS + NS_PER_S // 10)
+    assert c.error == pytest.approx(0.010 - 0.1 / 12)
+    c.advance_to(START_NS + NS_PER_S)
+    assert c.error == pytest.approx(0.0, abs=1e-12) and c.slew_remaining == 0.0
+    with pytest.raises(ValueError):
+        SimClock(START_NS, slew_rate=0.5)
+
+
+@pytest.mark.parametrize("slew_rate", [None, 1 / 12])
+def test_network_client_first_correction_at_the_third_exchange(slew_rate) -> None:
+    w = World(seed=2, start_ns=START_NS, slew_rate=slew_rate)
+    d = Discipline(w.clock, minpoll=4, maxpoll=4)
+    s = run(w, d, servers=[ServerModel("server")], seconds=600, mode="system", settle_s=300)
+    # Exchanges at 1, 17, 33 s: nothing is selected before the third; then it is.
+    assert set(s.selected[:32]) == {""} and s.selected[34] == "server"
+    assert abs(s.errors[31]) > 0.010  # untouched until then
+    assert "step" not in s.actions and s.max < 100e-6
+    if slew_rate is not None:
+        # The 10 ms are gone within the second and the frequency was right from the start.
+        assert all(abs(e) < 500e-6 for e in s.errors[33:49])
