@@ -11,7 +11,7 @@ import itertools
 import logging
 import random
 import socket
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from enum import IntFlag, StrEnum
 
@@ -388,6 +388,12 @@ _NOQUERY = int(Flag.NOQUERY)
 _KOD = int(Flag.KOD)
 _FLAKE = int(Flag.FLAKE)
 _DOUSE = ~(_LIMITED | _KOD) & 0xFFFF
+_MODE_CLIENT = 3
+#: Refused before the MRU list is touched, whatever the packet: a whole run is dropped at once.
+_REFUSED = _IGNORE | _NOSERVE
+#: Decided per request (a random draw, the version, a MAC): check_clients asks ``check``.
+_PER_REQUEST = _FLAKE | _VERSION | _NOTRUST
+_FLAGS_CACHE_MAX = 4096
 
 
 class AccessControl:
@@ -407,6 +413,9 @@ class AccessControl:
         self._rng = rng
         self.last_flags = 0
         self.stats = AccessStats()
+        # check_clients: table flags by (host, from port 123) for the table generation below.
+        self._flags_cache: dict[tuple[str, bool], int] = {}
+        self._cache_generation = -1
 
     @classmethod
     def from_config(cls, config: Config, resolve: Resolver | None = None, *,
@@ -493,6 +502,95 @@ class AccessControl:
             stats.kod += 1
             return Decision.KOD
         return Decision.SERVE
+
+    def check_clients(self, addresses: Sequence[tuple], starts: Sequence[int],
+                      versions: Sequence[int], times: Sequence[int]) -> dict[int, Decision]:
+        """Decide for a batch of plain time requests (mode 3, 48 bytes: no MAC), in arrival
+        order: request ``k`` was received at ``times[k]`` (Unix ns) with ``versions[k]``;
+        requests ``starts[j]`` up to ``starts[j + 1] - 1`` (the last run: to the end) came
+        from ``addresses[j]`` (host, port, ...). Returns the decisions that are not SERVE, by
+        request index.
+
+        The same decisions, MRU list, counters and ``last_flags`` as one ``check`` per request
+        in that order; but the table lookup is cached per address until the table changes,
+        and each run of requests from one address updates its MRU entry in one loop."""
+        out: dict[int, Decision] = {}
+        total = len(times)
+        if not total:
+            return out
+        stats = self.stats
+        check = self.check
+        limiter = self.limiter
+        get = limiter.get if limiter is not None else None
+        table = self.table
+        generation = table.generation
+        ntpport = table.has_ntpport
+        if self._cache_generation != generation or len(self._flags_cache) > _FLAGS_CACHE_MAX:
+            self._flags_cache.clear()
+            self._cache_generation = generation
+        cache = self._flags_cache
+        # Anything but versions 1-4 takes the per-request path (which knows what to refuse).
+        plain = min(versions) >= 1 and max(versions) <= _NTP_VERSION
+        stops = list(starts[1:])
+        stops.append(total)
+        for address, start, stop in zip(addresses, starts, stops, strict=True):
+            host, port = address[0], address[1]
+            k = start
+            while k < stop:
+                entry = get(host) if get is not None else None
+                if entry is not None:
+                    if not (entry.generation == generation
+                            and (not ntpport or (port == NTP_PORT) == entry.from_ntp_port)):
+                        flags = -1  # stale cache: ``check`` looks up and refreshes it
+                    else:
+                        flags = entry.restrict_flags
+                else:
+                    key = (host, port == NTP_PORT)
+                    flags = cache.get(key, -1)
+                    if flags < 0:
+                        try:
+                            family, value = parse_host(host)
+                        except ValueError:
+                            family = -1
+                        if family >= 0:
+                            flags = cache[key] = table.lookup_int(family, value, port)
+                    if limiter is not None and not flags & _REFUSED:
+                        flags = -1  # a new MRU entry: ``check`` makes it
+                if flags >= 0 and flags & _REFUSED:
+                    # Refused before anything is recorded: count and drop the whole run.
+                    count = stop - k
+                    stats.checked += count
+                    if flags & _IGNORE:
+                        stats.ignored += count
+                    else:
+                        stats.noserve += count
+                    self.last_flags = flags
+                    for i in range(k, stop):
+                        out[i] = Decision.DROP
+                    break
+                if flags < 0 or not plain or flags & _PER_REQUEST:
+                    decision = check(host, port, _MODE_CLIENT, versions[k], times[k], False)
+                    if decision is not Decision.SERVE:
+                        out[k] = decision
+                    k += 1
+                    continue
+                stats.checked += stop - k
+                if limiter is None or entry is None:
+                    self.last_flags = flags & _DOUSE
+                    break
+                limited: list[tuple[int, int]] | None = [] if flags & _LIMITED else None
+                limiter.observe_run(entry, port, versions, times, k, stop, flags, limited)
+                self.last_flags = entry.flags
+                if limited:
+                    for i, got in limited:
+                        stats.limited += 1
+                        if got & _KOD:
+                            stats.kod += 1
+                            out[i] = Decision.KOD
+                        else:
+                            out[i] = Decision.DROP
+                break
+        return out
 
     def flags_for(self, host: str, port: int = 0) -> int:
         """The table's flags for ``host`` without recording anything (associations: ``notrust``,

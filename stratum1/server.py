@@ -7,10 +7,12 @@ receive times in the kernel, and routes mode 6 to a control handler. Mode 7 is n
 
 from __future__ import annotations
 
+import functools
 import gc
 import logging
 import socket
 import struct
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -47,9 +49,11 @@ STRATUM_PKT_UNSPEC = 0
 RECV_BUFSIZE = 2048
 DEFAULT_BATCH = 64
 #: Replies per sendmmsg on the batch path. Each group gets a fresh clock read as its transmit
-#: timestamp, so a reply's transmit time is early by at most the time the kernel takes to send
-#: the replies ahead of it in its group (~3 us each on loopback), and never late.
-DEFAULT_TX_CHUNK = 2
+#: timestamp, so a reply's transmit time is early by the time the kernel takes to send the
+#: replies ahead of it in its group, and never late. On loopback that send includes delivering
+#: the reply, so groups of 2 already doubled the offset p99 at saturation (bench/RESULTS.md):
+#: one reply per call, with the clock read right before it.
+DEFAULT_TX_CHUNK = 1
 _DROP_LOG_INTERVAL_NS = 60 * 1_000_000_000
 #: How often the root dispersion in replies is regrown from the snapshot (it ages at 15 PPM).
 TEMPLATE_REFRESH_NS = 1_000_000_000
@@ -71,6 +75,11 @@ DROP = "drop"
 KOD = "kod"  # answer a client request with a RATE kiss-o'-death instead of the time
 #: Given the sender's address and the packet's mode, return SERVE, DROP or KOD.
 AccessCheck = Callable[[Address, int, int, int, bool], str]
+#: The batched access check for plain client requests (mode 3, 48 bytes, versions 1-4): given
+#: the senders of each run of requests, where the runs start, each request's version and
+#: receive time, return the verdicts that are not SERVE by request index
+#: (``stratum1.restrict.AccessControl.check_clients``).
+ClientsCheck = Callable[[list, list, list, list], "dict[int, str]"]
 
 
 def serve_all(_address: Address, _mode: int, _version: int, _rx_ns: int, _has_mac: bool) -> str:
@@ -95,7 +104,7 @@ class ReplyTemplate:
     """The snapshot's part of every reply, converted to wire values once per snapshot."""
 
     __slots__ = ("leap", "stratum", "precision", "root_delay", "root_dispersion", "refid",
-                 "reference", "min_poll", "snapshot", "made_ns", "_prefix")  # fmt: skip
+                 "reference", "min_poll", "snapshot", "made_ns", "_prefix", "_tables")  # fmt: skip
 
     def __init__(
         self, snapshot: SystemSnapshot, min_poll: int = NTP_MINPOLL, now_ns: int | None = None
@@ -117,6 +126,7 @@ class ReplyTemplate:
         self.reference = ns_to_ntp64(snapshot.reference_ns) if snapshot.reference_ns else 0
         self.min_poll = min_poll
         self._prefix: tuple[int, int, int] | None = None
+        self._tables: tuple[Any, Any, Any] | None = None
 
     @property
     def min_poll_wire(self) -> int:
@@ -130,6 +140,21 @@ class ReplyTemplate:
                                self.reference, 0, 0, 0)  # fmt: skip
             self._prefix = tuple(int.from_bytes(wire[i : i + 8], "big") for i in (0, 8, 16))
         return self._prefix
+
+    def batch_tables(self) -> tuple[Any, Any, Any]:
+        """For replies built by array operations: word 0 of a reply is
+        ``by_first[request byte 0] | by_poll[request byte 2]`` (version echoed, poll raised to
+        the minimum), and words 1-2 are ``rest``. Made once per template."""
+        if self._tables is None:
+            import numpy as np
+
+            w0, w1, w2 = self.prefix_words()
+            byte = np.arange(256, dtype=np.uint64)
+            by_first = np.uint64(w0) | ((byte & np.uint64(0x38)) << np.uint64(56))
+            polls = np.maximum(byte.astype(np.uint8).view(np.int8), self.min_poll_wire)
+            by_poll = polls.view(np.uint8).astype(np.uint64) << np.uint64(40)
+            self._tables = (by_first, by_poll, np.array([w1, w2], dtype=np.uint64))
+        return self._tables
 
     def render(self, version: int, request_poll: int, origin: int, rx_ns: int, tx_ns: int) -> bytes:
         """The 48-byte mode-4 reply to a request of ``version`` whose transmit was ``origin``."""
@@ -259,16 +284,23 @@ class NtpServer:
         reuse_port: bool = False,
         batch: bool | None = None,
         tx_chunk: int = DEFAULT_TX_CHUNK,
+        access_batch: ClientsCheck | None = None,
     ) -> None:
         """``batch``: use the recvmmsg/sendmmsg fast path (None: wherever it works, that is
         with kernel receive stamps, a specific local address, numpy and Linux libc).
-        ``tx_chunk``: replies per sendmmsg there, each group stamped with a fresh clock read."""
+        ``tx_chunk``: replies per sendmmsg there, each group stamped with a fresh clock read.
+        ``access_batch``: decides a whole batch's plain client requests with the semantics of
+        ``access`` (found by itself when ``access`` is an ``AccessControl.server_hook``)."""
         self._address = address
         self._get_snapshot = get_snapshot
         self._clock = clock
+        self._now_ns = _clock_reader(clock)  # read before every send group
         self.authenticate = authenticate
         self.control_handler = control_handler
         self.access = access
+        self._access_batch = access_batch
+        self._clients_for: Any = None  # the access check that _clients was found for
+        self._clients: ClientsCheck | None = None
         self.peer_handler = peer_handler
         self._min_poll = min_poll
         self._max_batch = max(1, max_batch)
@@ -412,35 +444,44 @@ class NtpServer:
                 return
             template = self._current_template()
             first = mm.data[:count, 0]
-            version = (first >> 3) & 0x07
-            fast = (
-                (mm.msg_len[:count] == HEADER_LEN)
-                & ((first & 0x07) == MODE_CLIENT)
-                & ((version - VERSION_MIN) <= VERSION_MAX - VERSION_MIN)  # unsigned: 1..4
-                & mm.stamped(count)
-            )
+            client_first, version4_first, version_of, _offset, _shift = _batch_constants()
+            # One table lookup for "mode 3, version 1-4" (the LI bits may be anything).
+            fast = client_first[first]
+            fast &= mm.msg_len[:count] == HEADER_LEN
+            fast &= mm.stamped(count)
             verdicts: dict[int, str] = {}
-            if self.access is not serve_all:
-                # Rate limiting and restrict keep per-address state: ask once per datagram.
+            access = self.access
+            if access is not serve_all:
                 rows = np.flatnonzero(fast)
                 rx_ns = (mm.rx_sec[rows] * _NS_PER_S + mm.rx_nsec[rows]).tolist()
-                access = self.access
-                for i, address, ver, rx in zip(rows.tolist(), mm.addresses(rows),
-                                               version[rows].tolist(), rx_ns, strict=True):
-                    verdict = access(address, MODE_CLIENT, ver, rx, False)
-                    if verdict != SERVE:
+                versions = version_of[first[rows]].tolist()
+                clients = self._clients_check(access)
+                if clients is not None:
+                    # One call decides the batch; runs from one sender share the address.
+                    starts = mm.run_starts(rows)
+                    refused = clients(mm.addresses(rows[starts]), starts, versions, rx_ns)
+                    for k, verdict in refused.items():
+                        i = rows.item(k)
                         fast[i] = False
                         verdicts[i] = verdict
+                else:
+                    # Rate limiting and restrict keep per-address state: ask per datagram.
+                    for i, address, ver, rx in zip(rows.tolist(), mm.addresses(rows),
+                                                   versions, rx_ns, strict=True):  # fmt: skip
+                        verdict = access(address, MODE_CLIENT, ver, rx, False)
+                        if verdict != SERVE:
+                            fast[i] = False
+                            verdicts[i] = verdict
             slots: Any = count
             if not fast.all():
                 self._batch_slow_path(sock, mm, np.flatnonzero(~fast).tolist(), verdicts)
                 slots = np.flatnonzero(fast)
                 if not len(slots):
                     return
-                version = version[slots]
-            served = len(version)
+                first = first[slots]
+            served = len(first)
             self.stats.received += served
-            newer = int(np.count_nonzero(version == 4))
+            newer = int(np.count_nonzero(version4_first[first]))
             self.stats.new_version += newer
             self.stats.old_version += served - newer
             self._render_batch(mm, slice(0, count) if isinstance(slots, int) else slots,
@@ -452,7 +493,7 @@ class NtpServer:
                 gc.disable()
             try:
                 sent, failed = mm.send(sock.fileno(), slots, HEADER_LEN, chunk=self._tx_chunk,
-                                       stamp=self._transmit_now, stamp_word=_TRANSMIT_WORD)  # fmt: skip
+                                       clock_ns=self._now_ns, stamp_word=_TRANSMIT_WORD)  # fmt: skip
             finally:
                 if collecting:
                     gc.enable()
@@ -462,28 +503,42 @@ class NtpServer:
         finally:
             mm.reset(count)
 
+    def _clients_check(self, access: AccessCheck) -> ClientsCheck | None:
+        """The batched twin of ``access``: ``access_batch`` if given, else the owner's
+        ``check_clients`` when ``access`` is an ``AccessControl.server_hook``."""
+        if access is not self._clients_for:
+            clients = self._access_batch
+            if clients is None and getattr(access, "__name__", "") == "server_hook":
+                clients = getattr(getattr(access, "__self__", None), "check_clients", None)
+            self._clients_for, self._clients = access, clients
+        return self._clients
+
     def _render_batch(self, mm: Any, rows: Any, count: int, template: ReplyTemplate) -> None:
         """Turn the requests in ``rows`` into replies in place (48-byte client requests)."""
         import numpy as np
 
         words, data = mm.be64, mm.data
-        poll = np.maximum(data[rows, 2].view(np.int8), template.min_poll_wire)
-        vbits = data[rows, 0] & 0x38
+        by_first, by_poll, rest = template.batch_tables()
+        # Word 0 (LI, version, mode, stratum, poll, precision, root delay) from two lookups:
+        # the request's version bits and its poll (raised to our minimum poll).
+        head = by_first[data[rows, 0]]
+        head |= by_poll[data[rows, 2]]
         words[rows, 3] = words[rows, 5]  # origin: the request's transmit timestamp, verbatim
-        w0, w1, w2 = template.prefix_words()
-        words[rows, 0] = w0
-        words[rows, 1] = w1
-        words[rows, 2] = w2
-        data[rows, 0] |= vbits
-        data[rows, 2] = poll.view(np.uint8)
-        seconds = (mm.rx_sec[rows] + _NTP_UNIX_OFFSET_S).astype(np.uint64) << np.uint64(32)
-        words[rows, 4] = seconds + (mm.rx_nsec[rows] * _FRAC_PER_NS + 0.5).astype(np.uint64)
+        words[rows, 0] = head
+        words[rows, 1:3] = rest  # root dispersion, refid, reference time
+        # Receive timestamp: the kernel's stamp as NTP seconds and fraction (rounded).
+        _client, _v4, _version, era_offset, shift = _batch_constants()
+        seconds = mm.rx_sec[rows].view(np.uint64) + era_offset
+        seconds <<= shift
+        fraction = mm.rx_nsec[rows] * _FRAC_PER_NS
+        fraction += 0.5
+        words[rows, 4] = seconds + fraction.astype(np.uint64)
         # The transmit timestamp (word 5) is written by MmsgBatch.send, group by group, from
         # a clock read just before each sendmmsg: never predicted, never later than the send.
 
     def _transmit_now(self) -> int:
         # Truncated, not rounded: a transmit timestamp must never be later than the send.
-        return (((self._clock.now_ns() + _NTP_UNIX_OFFSET_NS) << 32) // _NS_PER_S) & _MAX_NTP64
+        return (((self._now_ns() + _NTP_UNIX_OFFSET_NS) << 32) // _NS_PER_S) & _MAX_NTP64
 
     def _batch_slow_path(
         self, sock: socket.socket, mm: Any, slots: list[int], verdicts: dict[int, str]
@@ -683,6 +738,39 @@ _SMALL_BATCH = 4
 _FRAC_PER_NS = (1 << 32) / 1_000_000_000
 
 
+@functools.cache
+def _batch_constants() -> tuple[Any, Any, Any, Any, Any]:
+    """For the batch path (numpy imported on first use): lookup tables on a request's first
+    byte (LI, version, mode): "mode 3 with a version we answer", "version 4", the version;
+    the NTP era offset and 32 as numpy scalars."""
+    import numpy as np
+
+    byte = np.arange(256)
+    version = (byte >> 3) & 0x07
+    client = ((byte & 0x07) == MODE_CLIENT) & (version >= VERSION_MIN) & (version <= VERSION_MAX)
+    return client, version == 4, version, np.uint64(_NTP_UNIX_OFFSET_S), np.uint64(32)
+
+
+def _clock_reader(clock: Clock) -> Callable[[], int]:
+    """``clock.now_ns``, or the very same CLOCK_REALTIME read without the Python frames
+    around it when ``clock`` is the system clock (possibly behind FrozenDisciplineClock)."""
+    from .clock import FrozenDisciplineClock, SystemClock
+
+    inner: Any = clock
+    while type(inner).now_ns is FrozenDisciplineClock.now_ns:
+        inner = inner._inner
+    realtime = [SystemClock.now_ns]
+    try:
+        from .sysclock import KernelClock
+
+        realtime.append(KernelClock.now_ns)
+    except ImportError:  # pragma: no cover - sysclock is part of the package
+        pass
+    if type(inner).now_ns in realtime:
+        return functools.partial(time.clock_gettime_ns, time.CLOCK_REALTIME)
+    return clock.now_ns
+
+
 def _is_mode4(data: bytes) -> bool:
     # Control and peer answers are counted by their own counters, not as NTP replies.
     return bool(data) and data[0] & 0x07 == MODE_SERVER
@@ -695,6 +783,7 @@ __all__ = [
     "SERVE",
     "AccessCheck",
     "Authenticator",
+    "ClientsCheck",
     "ControlHandler",
     "NtpServer",
     "PeerHandler",

@@ -167,6 +167,19 @@ def test_sockaddr_to_tuple_v4_v6_and_junk():
         netio.sockaddr_to_tuple(bytes(16))
 
 
+def _wait_for_stamping(server, client):
+    """The kernel turns software stamping on lazily (a static key flipped from a work queue):
+    the first datagrams after enabling it may come unstamped. Wait until one is stamped."""
+    deadline = time.monotonic() + 2.0
+    while time.monotonic() < deadline:
+        client.sendto(b"warm-up", server.getsockname())
+        select.select([server], [], [], 0.5)
+        if netio.receive(server, 64).rx_ns is not None:
+            return
+        time.sleep(0.01)
+    pytest.fail("the kernel never stamped a datagram")
+
+
 def test_mmsg_batch_round_trip_keeps_stamps_and_senders():
     pytest.importorskip("numpy")
     if not netio.batch_supported():
@@ -176,6 +189,7 @@ def test_mmsg_batch_round_trip_keeps_stamps_and_senders():
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     try:
+        _wait_for_stamping(server, client)
         mm = netio.MmsgBatch(capacity=4, bufsize=64)
         before = time.time_ns()
         for i in range(6):
@@ -245,3 +259,75 @@ def test_mmsg_batch_send_stamps_each_chunk_just_before_sending():
     finally:
         client.close()
         server.close()
+
+
+def _ntp64(ns: int) -> int:
+    return (((ns + 2_208_988_800 * 1_000_000_000) << 32) // 1_000_000_000) & ((1 << 64) - 1)
+
+
+@pytest.mark.parametrize("chunk", [1, 2, 10])  # one per call; struct; one numpy assignment
+def test_mmsg_batch_send_writes_clock_reads_as_truncated_ntp_times(chunk):
+    pytest.importorskip("numpy")
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    import numpy as np
+
+    server = netio.open_udp(("127.0.0.1", 0))
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.settimeout(1.0)
+    reads = iter(range(1_767_225_600_000_000_001, 1_767_225_600_000_000_001 + 7_777 * 99, 7_777))
+    taken: list[int] = []
+
+    def clock_ns():
+        taken.append(next(reads))
+        return taken[-1]
+
+    try:
+        mm = netio.MmsgBatch(capacity=16, bufsize=64)
+        for i in range(14):
+            client.sendto(bytes([i]) * 48, server.getsockname())
+        time.sleep(0.05)
+        assert mm.receive(server.fileno()) == 14
+        slots = np.array([k for k in range(14) if k != 6])  # 13 replies, one left out
+        assert mm.send(server.fileno(), slots, 48, chunk=chunk, clock_ns=clock_ns) == (13, 0)
+        replies = sorted((client.recv(100) for _ in range(13)), key=lambda r: r[0])
+        assert [r[0] for r in replies] == slots.tolist()
+        groups = [k // chunk for k in range(13)]
+        assert len(taken) == groups[-1] + 1
+        for k, reply in enumerate(replies):
+            assert reply[:40] == bytes([reply[0]]) * 40
+            assert int.from_bytes(reply[40:48], "big") == _ntp64(taken[groups[k]])
+        mm.reset(14)
+    finally:
+        client.close()
+        server.close()
+
+
+def test_mmsg_batch_run_starts_follow_the_senders():
+    pytest.importorskip("numpy")
+    if not netio.batch_supported():
+        pytest.skip("no recvmmsg/sendmmsg here")
+    import numpy as np
+
+    server = netio.open_udp(("127.0.0.1", 0))
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a.bind(("127.0.0.1", 0))
+    b.bind(("127.0.0.2", 0))
+    try:
+        mm = netio.MmsgBatch(capacity=8, bufsize=64)
+        for sock in (a, a, b, a, a, a, b, b):
+            sock.sendto(b"x" * 48, server.getsockname())
+        time.sleep(0.05)
+        assert mm.receive(server.fileno()) == 8
+        every = np.arange(8)
+        assert mm.run_starts(every) == [0, 2, 3, 6]
+        assert mm.run_starts(np.array([0, 1, 3, 4])) == [0]  # the same sender throughout
+        assert mm.run_starts(np.array([5])) == [0] and mm.run_starts(every[:0]) == []
+        assert [mm.addresses(every[[0, 2]])[i] for i in (0, 1)] == [a.getsockname(),
+                                                                    b.getsockname()]  # fmt: skip
+        mm.reset(8)
+    finally:
+        for sock in (a, b, server):
+            sock.close()

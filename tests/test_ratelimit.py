@@ -3,6 +3,9 @@ KoD pacing, and the MRU list's bounds and ageing."""
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from stratum1.config.model import Discard, Mru
 from stratum1.ratelimit import ENTRY_BYTES, KOD, LIMITED, MruLimits, RateLimiter
 
@@ -205,3 +208,37 @@ def test_memory_stays_bounded_under_a_spoofed_flood() -> None:
     limiter = RateLimiter(MruLimits.from_config(Mru(maxmem=16), None), rng=lambda: 0.0)
     _flood(limiter, 20_000, spacing_ns=S // 10_000)
     assert len(limiter) <= 16 * 1024 // ENTRY_BYTES
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, S // 10, S // 2 - 1, S // 2, S, 3 * S, -S]), max_size=40),
+       st.integers(0, 3), st.sampled_from([0, LIMITED, LIMITED_KOD]), st.integers(0, 100))
+def test_observe_run_is_observe_in_a_row(gaps: list[int], minimum: int, flags: int,
+                                         leak: int) -> None:  # fmt: skip
+    limits = MruLimits(minimum=minimum)
+    one, run = RateLimiter(limits), RateLimiter(limits)
+    for limiter in (one, run):
+        limiter.observe("192.0.2.1", 123, 3, 4, T0, flags)
+        limiter.observe("192.0.2.9", 123, 3, 4, T0, flags)  # another entry, now the newest
+        limiter.get("192.0.2.1").leak = leak  # type: ignore[union-attr]
+    times, now = [], T0
+    for gap in gaps:
+        now += gap
+        times.append(now)
+    versions = [4 - k % 2 for k in range(len(times))]
+    results = [one.observe("192.0.2.1", 40000, 3, v, t, flags)
+               for v, t in zip(versions, times, strict=True)]  # fmt: skip
+    want = [(k, f) for k, f in enumerate(results) if f & LIMITED]
+    got: list[tuple[int, int]] = []
+    entry = run.get("192.0.2.1")
+    assert entry is not None
+    run.observe_run(entry, 40000, versions, times, 0, len(times), flags, got)
+    fields = ("port", "first_ns", "last_ns", "count", "flags", "mode", "version", "leak")
+    a, b = one.get("192.0.2.1"), entry
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+    assert [e.address for e in one.entries()] == [e.address for e in run.entries()]
+    assert one.stats == run.stats
+    if flags:
+        assert got == want
+    else:
+        assert one.stats.limited == run.stats.limited

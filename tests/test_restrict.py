@@ -6,7 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from stratum1.config.model import Config, Discard, Location, Mru, RestrictEntry
@@ -440,3 +440,125 @@ def test_parse_host_rejects_garbage_with_valueerror_only(text: str) -> None:
     except ValueError:
         return
     assert family in (V4, V6) and value >= 0
+
+
+# -- the batched check agrees with the per-request one ---------------------------------------
+HOSTS = ["192.0.2.1", "192.0.2.2", "198.51.100.7", "2001:db8::1", "::ffff:192.0.2.2", "bogus"]
+FLAG_CHOICES = ["ignore", "noserve", "notrust", "version", "limited", "kod", "flake",
+                "noquery", "nopeer"]  # fmt: skip
+_requests = st.lists(
+    st.tuples(
+        st.sampled_from(HOSTS),
+        st.sampled_from([123, 40000, 40000, 40001]),
+        st.sampled_from([4, 4, 4, 3, 2, 1, 0, 5]),
+        st.integers(0, 3 * S),  # gap to the previous request
+        st.integers(0, 12),  # 0: end the batch here; 1: a mode-6 packet in between
+        st.integers(1, 12),  # requests in a row from this address
+        st.sampled_from([0, 1, S // 10, S // 2, S, 3 * S]),  # their spacing
+    ),
+    max_size=40,
+)
+_tables = st.lists(
+    st.tuples(st.sampled_from([None, *HOSTS[:4], "192.0.2.0"]),
+              st.sets(st.sampled_from(FLAG_CHOICES), max_size=3), st.booleans()),
+    max_size=3,
+)  # fmt: skip
+
+
+def _build(rules: list, monitor: bool, depth: int, seed: int) -> AccessControl:
+    import random
+
+    t = RestrictTable()
+    if seed % 3:
+        t.add_entry(entry(None, "limited", *(["kod"] if seed % 3 == 1 else [])))
+    for address, flags, ntpport in rules:
+        names_ = set(flags) | ({"ntpport"} if ntpport and address else set())
+        mask = "255.255.255.0" if address == "192.0.2.0" else None
+        t.add_entry(entry(address, *sorted(names_), mask=mask))
+    limits = MruLimits(mindepth=depth, maxdepth=depth + 1, maxage=2, average=3, minimum=2)
+    limiter = RateLimiter(limits, rng=random.Random(seed).random) if monitor else None
+    return AccessControl(t, limiter, rng=random.Random(seed + 1).random)
+
+
+def _state(a: AccessControl) -> tuple:
+    mru = [(e.address, e.port, e.first_ns, e.last_ns, e.count, e.flags, e.mode, e.version,
+            e.leak, e.restrict_flags, e.from_ntp_port) for e in a.mru_entries()]  # fmt: skip
+    limiter = a.limiter.stats if a.limiter is not None else None
+    return a.stats, limiter, mru, a.last_flags
+
+
+def _runs(batch: list[tuple]) -> tuple[list[tuple], list[int]]:
+    addresses, starts = [], []
+    for k, (host, port, *_rest) in enumerate(batch):
+        if not addresses or addresses[-1] != (host, port) or k % 7 == 3:
+            addresses.append((host, port))  # k % 7: runs need not be maximal
+            starts.append(k)
+    return addresses, starts
+
+
+@settings(max_examples=300, deadline=None)
+@given(_requests, _tables, _tables, st.booleans(), st.integers(0, 3), st.integers(0, 99))
+def test_check_clients_decides_exactly_as_check_per_request(
+    requests: list, rules: list, reload_rules: list, monitor: bool, depth: int, seed: int
+) -> None:
+    single = _build(rules, monitor, depth, seed)
+    batched = _build(rules, monitor, depth, seed)
+    now = T0
+    batch: list[tuple] = []
+    reloaded = False
+
+    def flush() -> None:
+        if not batch:
+            return
+        addresses, starts = _runs(batch)
+        got = batched.check_clients(addresses, starts, [b[2] for b in batch],
+                                    [b[3] for b in batch])  # fmt: skip
+        want = {}
+        for k, (host, port, version, at) in enumerate(batch):
+            decision = single.check(host, port, 3, version, at, False)
+            if decision is not Decision.SERVE:
+                want[k] = decision
+        assert got == want
+        assert _state(batched) == _state(single)
+        batch.clear()
+
+    for i, (host, port, version, gap, cut, repeat, spacing) in enumerate(requests):
+        now += gap
+        if cut == 0:
+            flush()
+        if cut == 1:
+            flush()
+            assert single.check(host, port, 6, 2, now) == batched.check(host, port, 6, 2, now)
+        if i == len(requests) // 2 and not reloaded:
+            flush()
+            reloaded = True
+            for a in (single, batched):
+                a.reload(_build(reload_rules, monitor, depth, seed).table)
+        for _ in range(repeat):
+            batch.append((host, port, version, now))
+            now += spacing
+    flush()
+
+
+def test_check_clients_serves_a_steady_flood_and_records_it_once_per_run() -> None:
+    a = access(entry(None, "limited", "kod"))
+    b = access(entry(None, "limited", "kod"))
+    times = [T0 + k * S // 100 for k in range(64)]
+    verdicts = b.check_clients([("192.0.2.1", 40000)], [0], [4] * 64, times)
+    want = [a.check("192.0.2.1", 40000, 3, 4, t) for t in times]
+    assert verdicts == {k: d for k, d in enumerate(want) if d is not Decision.SERVE}
+    assert verdicts[1] is Decision.KOD  # the minimum headway is broken at once
+    assert set(verdicts.values()) == {Decision.KOD, Decision.DROP}
+    (e,) = list(b.mru_entries())
+    assert (e.count, e.last_ns, e.first_ns) == (64, times[-1], times[0])
+    assert b.stats.checked == 64 and b.stats.kod == a.stats.kod
+
+
+def test_check_clients_without_monitoring_caches_the_lookup_per_table() -> None:
+    a = access(entry("192.0.2.1", "noserve"), monitor=False)
+    got = a.check_clients([("192.0.2.1", 1), ("192.0.2.2", 2)], [0, 2], [4] * 4, [T0] * 4)
+    assert got == {0: Decision.DROP, 1: Decision.DROP}
+    assert a.stats.noserve == 2 and a.stats.checked == 4
+    a.reload(table())
+    assert a.check_clients([("192.0.2.1", 1)], [0], [4], [T0]) == {}
+    assert a.check_clients([], [], [], []) == {}

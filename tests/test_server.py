@@ -690,6 +690,87 @@ def test_batch_path_asks_the_access_check_once_per_datagram():
     assert len(kods) == 3 and all(k.refid == b"RATE" for k in kods)
 
 
+def _clients_from(*hosts):
+    out = []
+    for host in hosts:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((host, 0))
+        out.append(sock)
+    return out
+
+
+def test_batch_path_decides_a_whole_batch_in_one_call():
+    calls = []
+
+    def per_datagram(*_args):
+        raise AssertionError("the batch has its own check")
+
+    def clients(addresses, starts, versions, times):
+        calls.append((addresses, starts, versions, times))
+        return {1: "kod", 2: "drop"}
+
+    server = _burst_server(access=per_datagram, access_batch=clients)
+    a, b = _clients_from("127.0.0.1", "127.0.0.2")
+    try:
+        # Runs by sender: a a b b b a.
+        for sock, i in [(a, 0), (a, 1), (b, 2), (b, 3), (b, 4), (a, 5)]:
+            sock.sendto(request(version=3 + i % 2, transmit=i + 1), server.address)
+        select.select([server], [], [], 2.0)
+        time.sleep(0.05)
+        server.handle_readable()
+        replies = _collect(a, 3) + _collect(b, 2)
+    finally:
+        for sock in (a, b):
+            sock.close()
+        server.close()
+    ((addresses, starts, versions, times),) = calls
+    assert [x[0] for x in addresses] == ["127.0.0.1", "127.0.0.2", "127.0.0.1"]
+    assert starts == [0, 2, 5] and versions == [3, 4, 3, 4, 3, 4]
+    assert all(t > NOW_NS for t in times) and times == sorted(times)
+    assert server.stats.kod_sent == 1 and server.stats.restricted == 1
+    kinds = sorted((NtpPacket.unpack(r).origin, r[12:16] == b"RATE") for r in replies)
+    assert kinds == [(1, False), (2, True), (4, False), (5, False), (6, False)]
+
+
+def test_batch_path_uses_access_controls_batched_check():
+    from stratum1.config.parser import parse_text
+    from stratum1.restrict import AccessControl
+
+    config, _ = parse_text("restrict default limited kod\n", "ntp.conf")
+    access = AccessControl.from_config(config)
+    calls = []
+    check_clients = access.check_clients
+
+    def spy(*args):
+        calls.append(len(args[3]))
+        return check_clients(*args)
+
+    access.check_clients = spy
+    server = _burst_server(access=access.server_hook)
+    a, b = _clients_from("127.0.0.1", "127.0.0.3")
+    try:
+        for i in range(20):
+            a.sendto(request(transmit=i + 1), server.address)
+            if i % 4 == 0:
+                b.sendto(request(transmit=100 + i), server.address)
+        select.select([server], [], [], 2.0)
+        time.sleep(0.05)
+        server.handle_readable()
+    finally:
+        for sock in (a, b):
+            sock.close()
+        server.close()
+    assert calls == [25]
+    stats = server.stats
+    assert access.stats.checked == 25 and access.stats.limited > 0
+    # Both clients get their first request served, then break the 2 s minimum headway.
+    assert stats.kod_sent == access.stats.kod >= 2
+    assert stats.restricted == access.stats.limited - access.stats.kod
+    assert stats.replied == 25 - stats.restricted
+    counts = {e.address: e.count for e in access.mru_entries()}
+    assert counts == {"127.0.0.1": 20, "127.0.0.3": 5}
+
+
 def test_batch_path_falls_back_to_plain_reads_when_quiet():
     server = _burst_server()
     client, _ = _send_burst(server, [request(transmit=1)])
@@ -770,3 +851,24 @@ def test_plain_path_reads_the_transmit_time_just_before_sending():
         assert r.transmit == _truncated_ntp64(clock.last)
     finally:
         lb.close()
+
+
+def test_transmit_clock_reads_the_system_clock_directly_or_asks_the_clock():
+    import functools
+
+    from stratum1.server import _clock_reader
+
+    for clock in (SystemClock(), FrozenDisciplineClock(SystemClock())):
+        reader = _clock_reader(clock)
+        assert isinstance(reader, functools.partial)  # CLOCK_REALTIME, no Python frames
+        before = time.clock_gettime_ns(time.CLOCK_REALTIME)
+        assert before <= reader() <= time.clock_gettime_ns(time.CLOCK_REALTIME)
+
+    class Shifted(SystemClock):
+        def now_ns(self) -> int:
+            return 42
+
+    assert _clock_reader(Shifted())() == 42
+    assert _clock_reader(FrozenDisciplineClock(Shifted()))() == 42
+    step = StepClock()
+    assert _clock_reader(step)() == NOW_NS + 1000
