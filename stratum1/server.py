@@ -25,6 +25,7 @@ from .packet import (
     CRYPTO_NAK,
     HEADER,
     HEADER_LEN,
+    MODE_ACTIVE,
     MODE_CLIENT,
     MODE_CONTROL,
     MODE_PRIVATE,
@@ -232,6 +233,10 @@ class ServerStats:
     replied: int = 0  # NTP replies sent (including crypto-NAKs)
     new_version: int = 0  # client requests of version 4
     old_version: int = 0  # client requests of versions 1-3
+    ver1: int = 0  # NTPv1 packets of any mode (ntpq sysstats shows them apart)
+    ver1_client: int = 0  # of which mode 3
+    ver1_zero: int = 0  # of which mode 0 (how v1 clients asked)
+    ver1_symm: int = 0  # of which mode 1
     crypto_naks: int = 0  # requests with a MAC we could not verify, answered with a crypto-NAK
     control: int = 0  # mode-6 packets handed to the control handler
     control_replied: int = 0
@@ -484,6 +489,10 @@ class NtpServer:
             newer = int(np.count_nonzero(version4_first[first]))
             self.stats.new_version += newer
             self.stats.old_version += served - newer
+            if served > newer:
+                v1 = int(np.count_nonzero(version_of[first] == 1))
+                self.stats.ver1 += v1
+                self.stats.ver1_client += v1
             self._render_batch(mm, slice(0, count) if isinstance(slots, int) else slots,
                                served, template)  # fmt: skip
             collecting = gc.isenabled()
@@ -624,6 +633,8 @@ class NtpServer:
             return answer
         if not VERSION_MIN <= version <= VERSION_MAX:
             return self._drop("bad_version", address, f"version {version}")
+        if version == 1:
+            self._count_ver1(mode)
         if not is_client_request(version, mode):
             if self.peer_handler is None or mode == MODE_UNSPEC:
                 return self._drop("not_a_request", address, f"mode {mode}")
@@ -632,6 +643,16 @@ class NtpServer:
             self.stats.peer += 1
             return self._guard(self.peer_handler(data, address, rx_ns), data, address)
         return self._answer_client(data, address, version, rx_ns, template, verdict == KOD)
+
+    def _count_ver1(self, mode: int) -> None:
+        stats = self.stats
+        stats.ver1 += 1
+        if mode == MODE_CLIENT:
+            stats.ver1_client += 1
+        elif mode == MODE_UNSPEC:
+            stats.ver1_zero += 1
+        elif mode == MODE_ACTIVE:
+            stats.ver1_symm += 1
 
     def _answer_client(
         self,

@@ -358,6 +358,14 @@ def test_loopback_reply_echoes_origin_and_version_and_brackets(synced_loopback, 
     assert synced_loopback.server.stats.replied == 1
 
 
+def test_ntpv1_packets_are_counted_by_mode(synced_loopback):
+    for mode in (0, 3, 1):
+        synced_loopback.exchange(request(version=1, mode=mode))
+    synced_loopback.exchange(request(version=2))
+    s = synced_loopback.server.stats
+    assert (s.ver1, s.ver1_zero, s.ver1_client, s.ver1_symm) == (3, 1, 1, 1)
+
+
 def test_loopback_unsynchronised(unsynced_loopback):
     reply, _, _ = unsynced_loopback.exchange(request())
     r = NtpPacket.unpack(reply)
@@ -618,6 +626,7 @@ def test_batch_path_answers_a_burst_field_by_field():
         after = time.time_ns()
         assert server.stats.received == 24 and server.stats.replied == 24
         assert server.stats.new_version == 6 and server.stats.old_version == 18
+        assert server.stats.ver1 == server.stats.ver1_client == 6
         replies = _collect(client, 24)
     finally:
         client.close()
