@@ -8,6 +8,8 @@ maximum time error after the first 30 minutes, as median over seeds (and worst s
 from __future__ import annotations
 
 import argparse
+import math
+import random
 import statistics
 import sys
 import time
@@ -23,13 +25,77 @@ def fmt_t(v: list[float | None]) -> str:
     return f"{statistics.median(v):.0f}s"  # type: ignore[arg-type]
 
 
+def ideal_shm_rms(seed: int, hours: float, reduce: str = "mean") -> float:
+    """Scenario 3's bound: a Kalman filter told the true noise (1 ms per sample, 1 ppb/√s
+    random-walk wander), fed each 16 s poll's mean (or ``reduce="ntpd"``: ntpd's trimmed
+    mean), scored every second after 30 min as the loop is. Nothing acts on a clock."""
+
+    rng = random.Random(seed)
+    jitter, wander, poll = 1e-3, 1e-9, 16
+    q, r = wander * wander, jitter * jitter / poll
+    x, y = 0.010, 20e-6  # the oscillator: phase and frequency error
+    kx: float | None = None
+    ky, kt, pxx, pxy, pyy = 0.0, 0.0, 0.0, 0.0, (200e-6) ** 2
+    window: list[float] = []
+    sq, n = 0.0, 0
+    for sec in range(1, int(hours * 3600) + 1):
+        dy = rng.gauss(0.0, wander)
+        x, y = x + y + dy / 2, y + dy
+        if kx is not None and sec > 1800:
+            sq += (x - kx - ky * (sec - kt)) ** 2
+            n += 1
+        window.append(x + rng.gauss(0.0, jitter))
+        if sec % poll:
+            continue
+        if reduce == "mean":
+            z = math.fsum(window) / len(window)
+        else:
+            z = _ntpd_trimmed_mean(window)
+        tz = sec - (len(window) - 1) / 2
+        window = []
+        if kx is None:
+            kx, kt, pxx = z, tz, r
+            continue
+        dt = tz - kt
+        xp = kx + ky * dt
+        pxx, pxy, pyy = (pxx + 2 * dt * pxy + dt * dt * pyy + q * dt**3 / 3,
+                         pxy + dt * pyy + q * dt * dt / 2, pyy + q * dt)
+        s = pxx + r
+        gx, gy, innov = pxx / s, pxy / s, z - xp
+        kx, ky, kt = xp + gx * innov, ky + gy * innov, tz
+        pxx, pxy, pyy = (1 - gx) * pxx, (1 - gx) * pxy, pyy - gy * pxy
+    return math.sqrt(sq / n)
+
+
+def _ntpd_trimmed_mean(offsets: list[float]) -> float:
+    """ntpd's refclock reduction: drop the end farther from the middle until 60 % remain."""
+    off = sorted(offsets)
+    keep = len(off) - (len(off) * 4) // 10
+    lo, hi = 0, len(off)
+    while hi - lo > keep:
+        mid = off[(lo + hi) // 2]
+        if off[hi - 1] - mid < mid - off[lo]:
+            lo += 1
+        else:
+            hi -= 1
+    return math.fsum(off[lo:hi]) / (hi - lo)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--hours", type=float, default=4.0)
     ap.add_argument("--mode", choices=["system", "direct"], default="system")
     ap.add_argument("--only", default="", help="comma-separated scenario keys")
+    ap.add_argument("--bound", action="store_true",
+                    help="print scenario 3's bound (an ideal Kalman filter) and exit")
     args = ap.parse_args(argv)
+    if args.bound:
+        for reduce in ("mean", "ntpd"):
+            rms = [ideal_shm_rms(seed, args.hours, reduce) for seed in range(1, args.seeds + 1)]
+            print(f"scenario 3 bound, per-poll {reduce:5}: median RMS "
+                  f"{statistics.median(rms) * 1e6:.1f}µs over {len(rms)} seeds")
+        return 0
     only = {k for k in args.only.split(",") if k}
     print(f"mode={args.mode} seeds={args.seeds}")
     print(f"{'scen':5} {'t<100us':>10} {'t<10us':>10} {'RMS':>10} {'RMS worst':>10} "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import math
+from collections import deque
 
 from .clockfilter import MAXDISPERSE, PHI, ClockFilter, FilterResult, Stage
 from .ntptime import NS_PER_S
@@ -42,6 +43,8 @@ STARTUP_POLLS = 8
 #: Valid poll exponents (RFC 5905 MINPOLL..MAXPOLL).
 MINPOLL_LIMIT = 3
 MAXPOLL_LIMIT = 17
+#: Polls over which a refclock's sample spread is pooled.
+SPREAD_POLLS = 8
 
 
 def address_refid(address: str) -> bytes:
@@ -139,6 +142,11 @@ class Association:
         self.rec_ns = 0  # local time of the last valid sample (ntpq rec)
         #: The spread of the samples a refclock averaged into its newest measurement (s).
         self.newest_jitter: float | None = None
+        #: The median of that spread over recent polls, weighted by their sample counts (s):
+        #: one poll's spread of a few samples is a noisy estimate of the source's noise, and a
+        #: poll whose window held a step or a slew would inflate an average for long.
+        self.sample_spread: float | None = None
+        self._spreads: deque[tuple[float, float]] = deque(maxlen=SPREAD_POLLS)
         self.received = 0
         self.bad_samples = 0
         self.popcorn_spikes = 0
@@ -287,6 +295,8 @@ class Association:
         self.newest_jitter = (
             float(m.jitter) if m.jitter is not None and math.isfinite(m.jitter) else None
         )
+        if self.newest_jitter is not None:
+            self._pool_spread(self.newest_jitter, span)
         result = self.filter.add(
             float(m.offset),
             delay,
@@ -301,6 +311,18 @@ class Association:
             self._event(EVNT_POPCORN)
         self._update_poll()
         return result
+
+    def _pool_spread(self, spread: float, span_ns: int) -> None:
+        # A refclock delivers about one sample a second: the window held span+1 of them.
+        self._spreads.append((spread, 1.0 + span_ns / NS_PER_S))
+        ranked = sorted(self._spreads)
+        half = math.fsum(count for _, count in ranked) / 2
+        total = 0.0
+        for value, count in ranked:
+            total += count
+            if total >= half:
+                self.sample_spread = value
+                return
 
     def poll_missed(self, now_ns: int) -> None:
         """The poll came and went without a valid sample."""

@@ -644,8 +644,8 @@ class Discipline:
         if span_ns:
             # An average over a window saw the average correction, and stands for its middle.
             raw = offset + self._corr.mean(t_ns - span_ns, t_ns)
-            # A slew inside the window makes the samples a ramp that a trimmed mean (ntpd's
-            # median filter) does not average evenly: trust such a window less.
+            # A slew inside the window makes the samples a ramp, or a jump whose far side the
+            # outlier rejection may drop: the average is uneven, so trust such a window less.
             moved = self._corr.at(t_ns) - self._corr.at(t_ns - span_ns)
             slewed = moved - self._corr.freq_ppm * 1e-6 * span_ns / NS_PER_S
             sigma = math.hypot(sigma, RAMP_DISTRUST * slewed)

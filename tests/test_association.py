@@ -10,6 +10,7 @@ import pytest
 
 from stratum1.association import (
     NTP_UNREACH,
+    SPREAD_POLLS,
     Association,
     address_refid,
     normalize_refid,
@@ -259,6 +260,26 @@ def test_refclock_window_span_and_spread_are_kept_with_the_sample():
     # Without an explicit span, none is assumed.
     a.receive(m(offset=0.002, local_ns=T0 + 15 * S), T0 + 16 * S)
     assert a.sample_span_ns == 0 and a.newest_jitter is None
+
+
+def test_sample_spread_is_the_count_weighted_median_of_recent_polls():
+    a = gps()
+    # Start-up polls of 2 samples, one of them by chance far too tight.
+    for k, spread in enumerate((6e-6, 9e-4, 1.2e-3)):
+        a.receive(m(offset=0.001, local_ns=T0 + 2 * k * S, jitter=spread), T0 + 2 * k * S,
+                  span_ns=S)
+    assert a.sample_spread == 9e-4
+    # Full polls of 16 samples outweigh them; one poll inflated by a slew does not count.
+    t = T0 + 16 * S
+    for spread in (1.0e-3, 1.1e-3, 40e-3):
+        a.receive(m(offset=0.001, local_ns=t, jitter=spread), t, span_ns=15 * S)
+        t += 16 * S
+    assert a.sample_spread == 1.1e-3
+    # Only the last SPREAD_POLLS polls count.
+    for _ in range(SPREAD_POLLS):
+        a.receive(m(offset=0.001, local_ns=t, jitter=2e-4), t, span_ns=15 * S)
+        t += 16 * S
+    assert a.sample_spread == 2e-4
 
 
 def test_selection_distance_leaves_never_filled_stages_out_from_the_third_sample():

@@ -1,10 +1,25 @@
-"""The per-poll sample reduction of ntpd's refclock code: sort, trim toward the median, average."""
+"""The per-poll sample reduction of a refclock unit: reject outliers about the median, average.
+
+ntpd trims its samples toward the middle until 60 % remain; that search settles on the
+tightest cluster, and on gaussian noise its average of 16 samples is only as good as a plain
+mean of 5 (standard error 0.44 σ against 0.25 σ). Rejecting by distance from the median in
+units of the median absolute deviation (Iglewicz and Hoaglin's modified z-score) removes the
+same outliers, on either side and up to half the samples, and keeps the mean's efficiency.
+"""
 
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+#: A sample farther from the median than this many robust standard deviations is an outlier.
+OUTLIER_Z = 3.5
+#: MAD to standard deviation for gaussian samples.
+MAD_TO_SIGMA = 1.4826
+#: Mean absolute deviation to standard deviation, the fall-back scale when MAD is 0.
+MEAN_DEV_TO_SIGMA = 1.2533
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,31 +32,26 @@ class Reduction:
     total: int  # samples offered
 
 
-def retained(n: int) -> int:
-    """How many of ``n`` samples survive the trim: n - floor(4n/10), about 60 %."""
-    return n - (n * 4) // 10
+def survivors(offsets: Sequence[float]) -> list[float]:
+    """The sorted samples within ``OUTLIER_Z`` robust standard deviations of the median.
 
-
-def trim(offsets: Sequence[float]) -> list[float]:
-    """The sorted survivors of ntpd's median trim.
-
-    While more than ``retained(n)`` remain, the end farther from the current middle element is
-    dropped (the high end on a tie), so outliers go first whichever side they are on.
+    The scale is the median absolute deviation; when more than half the samples are equal
+    (a quantised source) the MAD is 0 and the mean absolute deviation stands in, so samples
+    one quantum off are kept while a far outlier still goes.
     """
     off = sorted(offsets)
-    m = retained(len(off))
-    lo, hi = 0, len(off)
-    while hi - lo > m:
-        mid = off[(lo + hi) // 2]
-        if off[hi - 1] - mid < mid - off[lo]:
-            lo += 1
-        else:
-            hi -= 1
-    return off[lo:hi]
+    if len(off) < 3:
+        return off
+    mid = statistics.median(off)
+    dev = [abs(x - mid) for x in off]
+    mad = statistics.median(dev)
+    scale = MAD_TO_SIGMA * mad if mad > 0 else MEAN_DEV_TO_SIGMA * math.fsum(dev) / len(dev)
+    bound = OUTLIER_Z * scale
+    return [x for x, d in zip(off, dev, strict=True) if d <= bound]
 
 
 def reduce_offsets(offsets: Sequence[float]) -> Reduction:
-    """Trim, then average the survivors; jitter is their RMS spread about the mean.
+    """Reject outliers, then average the survivors; jitter is their RMS spread about the mean.
 
     (ntpd computes its jitter from successive differences of the sorted survivors, which
     understates the spread of a gaussian source; the RMS about the mean is the standard
@@ -49,7 +59,7 @@ def reduce_offsets(offsets: Sequence[float]) -> Reduction:
     """
     if not offsets:
         raise ValueError("no samples to reduce")
-    kept = trim(offsets)
+    kept = survivors(offsets)
     m = len(kept)
     mean = math.fsum(kept) / m
     jitter = math.sqrt(math.fsum((x - mean) ** 2 for x in kept) / m)

@@ -79,8 +79,9 @@ def test_poll_reduces_samples_and_applies_time1():
         loop.advance(1)
     m = unit.poll(clock.now_ns())
     assert m is not None
-    assert m.offset == pytest.approx(0.503)
-    assert m.jitter == pytest.approx(math.sqrt(2 / 3) * 0.001)
+    # 100 ms is an outlier; the mean of the other four is 2.5 ms.
+    assert m.offset == pytest.approx(0.5025)
+    assert m.jitter == pytest.approx(math.sqrt(1.25) * 0.001)
     assert m.delay == 0.0
     assert m.dispersion == pytest.approx(max(m.jitter, 2.0**-10))
     assert unit.reach == 1
