@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import importlib.util
 import os
 import socket
 import struct
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -51,6 +53,19 @@ ANCBUFSIZE = socket.CMSG_SPACE(48) + socket.CMSG_SPACE(16) + socket.CMSG_SPACE(2
 _TS3 = {48: struct.Struct("=6q"), 24: struct.Struct("=6i")}
 _TS1 = {16: struct.Struct("=2q"), 8: struct.Struct("=2i")}
 _NS = 1_000_000_000
+
+#: CLOCK_REALTIME in ns. A send loop given this very object as its clock may stamp in C.
+realtime_ns: Callable[[], int] = functools.partial(time.clock_gettime_ns, time.CLOCK_REALTIME)
+
+try:  # the compiled hot path (setup.py); Python and numpy do the same without it
+    from . import _hotpath as hotpath
+except ImportError:  # pragma: no cover - depends on how the package was built
+    hotpath = None
+
+
+def compiled_send() -> bool:
+    """True when replies are built, stamped and sent by the compiled hot path."""
+    return hotpath is not None
 
 
 Cmsg = tuple[int, int, bytes]
@@ -313,6 +328,11 @@ class MmsgBatch:
         self._addr_cache: dict[int, tuple] = {}
         self.reset(capacity)
 
+    @property
+    def hdr_address(self) -> int:
+        """Address of the ``struct mmsghdr`` vector (for the compiled hot path)."""
+        return self._hdr_at
+
     def reset(self, count: int) -> None:
         """Make the first ``count`` slots ready to receive again."""
         self._iovlen[:count] = self.bufsize
@@ -437,6 +457,9 @@ class MmsgBatch:
         if rows is not None:
             offsets = [offsets[k] for k in rows]
         if step == 1 and clock_ns is not None:
+            if clock_ns is realtime_ns and hotpath is not None:
+                base = self._hdr_at if rows is None else self._out_at
+                return hotpath.send_each(fd, base, count, 8 * stamp_word)
             return self._send_each(fd, count, ptrs, offsets, clock_ns)
         stamped = stamp is not None or clock_ns is not None
         sent = failed = pos = 0

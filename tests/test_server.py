@@ -581,12 +581,23 @@ def test_handle_readable_drains_a_bounded_batch():
 # -- the recvmmsg/sendmmsg batch path ---------------------------------------------------------
 
 
-def _burst_server(**kwargs):
+@pytest.fixture(params=["compiled", "numpy"])
+def batch_kind(request):
+    """The batch path in C (``stratum1/_hotpath.c``, when built) and in numpy: the same
+    replies, counters and decisions."""
+    if request.param == "compiled" and not netio.compiled_send():
+        pytest.skip("the compiled hot path was not built")
+    return request.param
+
+
+def _burst_server(kind, **kwargs):
     pytest.importorskip("numpy")
     if not netio.batch_supported():
         pytest.skip("no recvmmsg/sendmmsg here")
     server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()),
                        batch=True, **kwargs)  # fmt: skip
+    assert server._compiled == netio.compiled_send()  # the real clock: C where built
+    server._compiled = kind == "compiled"
     server.open()
     assert server.batched
     server._busy = True  # as after a backlog: the next read takes the array path
@@ -615,8 +626,8 @@ def _collect(client, expected):
     return replies
 
 
-def test_batch_path_answers_a_burst_field_by_field():
-    server = _burst_server()
+def test_batch_path_answers_a_burst_field_by_field(batch_kind):
+    server = _burst_server(batch_kind)
     polls = [-5, 0, 3, 6, 10, 17]
     reqs = [request(version=1 + i % 4, poll=polls[i % len(polls)], transmit=(1 << 60) + i)
             for i in range(24)]  # fmt: skip
@@ -647,14 +658,14 @@ def test_batch_path_answers_a_burst_field_by_field():
         assert before <= rx <= tx <= after  # read before the send, never predicted past it
 
 
-def test_batch_path_mixed_burst_routes_the_odd_ones():
+def test_batch_path_mixed_burst_routes_the_odd_ones(batch_kind):
     answered = []
 
     def control(data, address):
         answered.append(address)
         return b"\x16\x82" + bytes(10)
 
-    server = _burst_server(control_handler=control)
+    server = _burst_server(batch_kind, control_handler=control)
     reqs = [request(transmit=100 + i) for i in range(8)]
     junk = [b"\x16\x01" + bytes(10),  # mode 6: the control handler
             b"\x17" + bytes(47),  # mode 7: never answered
@@ -677,7 +688,7 @@ def test_batch_path_mixed_burst_routes_the_odd_ones():
     assert origins == sorted([7, *range(100, 108)])
 
 
-def test_batch_path_asks_the_access_check_once_per_datagram():
+def test_batch_path_asks_the_access_check_once_per_datagram(batch_kind):
     seen = []
 
     def access(address, mode, version, rx_ns, has_mac):
@@ -685,7 +696,7 @@ def test_batch_path_asks_the_access_check_once_per_datagram():
         assert rx_ns > NOW_NS  # the kernel's stamp, in Unix ns
         return {0: "serve", 1: "kod", 2: "drop"}[len(seen) % 3]
 
-    server = _burst_server(access=access)
+    server = _burst_server(batch_kind, access=access)
     client, _ = _send_burst(server, [request(version=3, transmit=i + 1) for i in range(9)])
     try:
         server.handle_readable()
@@ -708,7 +719,7 @@ def _clients_from(*hosts):
     return out
 
 
-def test_batch_path_decides_a_whole_batch_in_one_call():
+def test_batch_path_decides_a_whole_batch_in_one_call(batch_kind):
     calls = []
 
     def per_datagram(*_args):
@@ -718,7 +729,7 @@ def test_batch_path_decides_a_whole_batch_in_one_call():
         calls.append((addresses, starts, versions, times))
         return {1: "kod", 2: "drop"}
 
-    server = _burst_server(access=per_datagram, access_batch=clients)
+    server = _burst_server(batch_kind, access=per_datagram, access_batch=clients)
     a, b = _clients_from("127.0.0.1", "127.0.0.2")
     try:
         # Runs by sender: a a b b b a.
@@ -741,7 +752,7 @@ def test_batch_path_decides_a_whole_batch_in_one_call():
     assert kinds == [(1, False), (2, True), (4, False), (5, False), (6, False)]
 
 
-def test_batch_path_uses_access_controls_batched_check():
+def test_batch_path_uses_access_controls_batched_check(batch_kind):
     from stratum1.config.parser import parse_text
     from stratum1.restrict import AccessControl
 
@@ -755,7 +766,7 @@ def test_batch_path_uses_access_controls_batched_check():
         return check_clients(*args)
 
     access.check_clients = spy
-    server = _burst_server(access=access.server_hook)
+    server = _burst_server(batch_kind, access=access.server_hook)
     a, b = _clients_from("127.0.0.1", "127.0.0.3")
     try:
         for i in range(20):
@@ -780,8 +791,8 @@ def test_batch_path_uses_access_controls_batched_check():
     assert counts == {"127.0.0.1": 20, "127.0.0.3": 5}
 
 
-def test_batch_path_falls_back_to_plain_reads_when_quiet():
-    server = _burst_server()
+def test_batch_path_falls_back_to_plain_reads_when_quiet(batch_kind):
+    server = _burst_server(batch_kind)
     client, _ = _send_burst(server, [request(transmit=1)])
     try:
         server.handle_readable()  # one datagram: the batch path hands back to plain reads
