@@ -150,9 +150,12 @@ def test_network_client_first_correction_at_the_third_exchange(slew_rate) -> Non
         assert all(abs(e) < 500e-6 for e in s.errors[33:49])
 
 
-def test_noisy_shm_alone_beats_chronyd() -> None:
-    # 1 ms per sample: chronyd holds 74 µs RMS here, ntpd 170 µs. Seed 3 is the one whose
-    # first update once came with a 6 µs spread and pinned the loop for two hours.
+def test_noisy_shm_alone_converges_and_holds() -> None:
+    # 1 ms per sample. Seed 3 is the one whose first update once came with a 6 µs spread and
+    # pinned the loop to it for two hours (errors of milliseconds); ntpd's trimmed means
+    # (the reduction before) left this loop 184-271 µs off at times on these seeds.
     shm = next(sc for sc in SCENARIOS if sc.key == "3")
-    rms = [shm.build(seed, 2 * 3600, "system").rms for seed in (2, 3, 4)]
-    assert max(rms) < 74e-6
+    for seed in (2, 3, 4):
+        score = shm.build(seed, 2 * 3600, "system")
+        assert score.t100 is not None
+        assert score.max < 150e-6
