@@ -249,8 +249,12 @@ class ProbeResult:
     lost: int = 0
 
 
-def run_probe(port: int, rate: float, duration_s: float, stop: threading.Event) -> ProbeResult:
-    """One request at a time at ``rate``/s; T1 and T4 are the kernel's TX and RX stamps."""
+def run_probe(port: int, rate: float, duration_s: float, stop: threading.Event,
+              cpu: int | None = None) -> ProbeResult:  # fmt: skip
+    """One request at a time at ``rate``/s; T1 and T4 are the kernel's TX and RX stamps.
+    ``cpu``: run this thread there (the generator's core), never beside the server."""
+    if cpu is not None:
+        os.sched_setaffinity(0, {cpu})  # 0: the calling thread
     result = ProbeResult()
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPING,
@@ -343,7 +347,8 @@ def run_phase(ntpload: Path, spec: ServerSpec, pid: int, load_cpu: int, args: li
     stop = threading.Event()
     probe_box: list[ProbeResult] = []
     probe = threading.Thread(
-        target=lambda: probe_box.append(run_probe(spec.port, probe_rate, duration, stop)),
+        target=lambda: probe_box.append(run_probe(spec.port, probe_rate, duration, stop,
+                                                  load_cpu)),  # fmt: skip
         daemon=True,
     )
     cpu0, t0 = process_cpu_ns(pid), time.monotonic()
