@@ -138,15 +138,15 @@ class RateLimiter:
         self.limits = limits or MruLimits()
         self._rng = rng
         self._entries: OrderedDict[str, MruEntry] = OrderedDict()
+        #: The entry of an address, or None (the dict's own lookup: no Python frame per call).
+        self.get: Callable[[str], MruEntry | None] = self._entries.get
         self.stats = MruStats()
         self._head = 1 << self.limits.average
         self._limit = NTP_SHIFT * self._head
+        self._minimum = self.limits.minimum
 
     def __len__(self) -> int:
         return len(self._entries)
-
-    def get(self, address: str) -> MruEntry | None:
-        return self._entries.get(address)
 
     def entries(self) -> Iterator[MruEntry]:
         """Most recent first (the order ``ntpq -c mrulist`` asks for is its own business)."""
@@ -166,7 +166,10 @@ class RateLimiter:
             return self._insert(address, port, mode, version, now_ns, restrict_flags,
                                 generation, family, value)  # fmt: skip
         # Rounded to whole seconds like ntpd; a clock stepped backwards counts as no headway.
-        interval = max(0, (now_ns - entry.last_ns + _HALF) // NS)
+        # (Conditionals, not max(): this runs once per client request.)
+        interval = (now_ns - entry.last_ns + _HALF) // NS
+        if interval < 0:
+            interval = 0
         entry.last_ns = now_ns
         entry.port = port
         entry.count += 1
@@ -176,13 +179,15 @@ class RateLimiter:
         if mode == _MODE_CONTROL:
             entry.flags = restrict_flags & _DOUSE
             return entry.flags
-        leak = max(0, entry.leak - interval)
+        leak = entry.leak - interval
+        if leak < 0:
+            leak = 0
         head = self._head
         limit = self._limit
         # ntpd's rule: the minimum headway (1 s grace) and the leaky-bucket average (2 s grace
         # per packet). Over either, the bucket is topped up past the limit once and a KoD is
         # allowed; while it drains, further packets are dropped without a KoD.
-        if interval + 1 >= self.limits.minimum and leak + head < limit:
+        if interval + 1 >= self._minimum and leak + head < limit:
             entry.leak = leak + head - 2
             flags = restrict_flags & _DOUSE
         elif leak < limit:
