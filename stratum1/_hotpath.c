@@ -17,8 +17,6 @@
  *          origin = the request's transmit, receive = the kernel stamp rounded) and sends
  *          each alone, its transmit stamp read from CLOCK_REALTIME just before its own send
  *          and truncated, so never later than the send.
- *   send_each(fd, hdrs, count, stamp_offset) -> (sent, failed)   the stamp-and-send step
- *          alone, for replies already built.
  *
  * A destination that refuses is skipped; a full send buffer (EAGAIN, ENOBUFS) sheds the rest.
  * Optional: without it stratum1 does the same in Python and numpy.
@@ -36,6 +34,7 @@
 #define NTP_UNIX_OFFSET_S 2208988800ULL
 #define NS_PER_S 1000000000ULL
 #define HEADER_LEN 48
+#define TRANSMIT_OFFSET 40
 #ifndef SO_TIMESTAMPING_OLD
 #define SO_TIMESTAMPING_OLD 37
 #endif
@@ -105,48 +104,19 @@ static int check_count(Py_ssize_t count)
     return 1;
 }
 
-/* Send one prepared message with a fresh transmit stamp at byte `offset` of its buffer.
+/* Send one prepared reply with a fresh transmit timestamp (bytes 40-47).
  * Returns 1 sent, 0 refused, -1 the send buffer is full. */
-static int stamp_and_send(int fd, struct mmsghdr *m, Py_ssize_t offset)
+static int stamp_and_send(int fd, struct mmsghdr *m)
 {
     struct iovec *iov = m->msg_hdr.msg_iov;
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
-    put_be64((unsigned char *)iov[0].iov_base + offset, ntp64_truncated(&ts));
+    put_be64((unsigned char *)iov[0].iov_base + TRANSMIT_OFFSET, ntp64_truncated(&ts));
     if (sendmsg(fd, &m->msg_hdr, 0) >= 0)
         return 1;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS || errno == EINTR)
         return -1;
     return 0;
-}
-
-static PyObject *send_each(PyObject *self, PyObject *args)
-{
-    int fd;
-    unsigned long long address;
-    Py_ssize_t count, offset;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iKnn", &fd, &address, &count, &offset))
-        return NULL;
-    if (!check_count(count))
-        return NULL;
-    if (offset < 0) {
-        PyErr_SetString(PyExc_ValueError, "stamp_offset must not be negative");
-        return NULL;
-    }
-    struct mmsghdr *hdrs = hdrs_from(address);
-    Py_ssize_t sent = 0;
-    for (Py_ssize_t k = 0; k < count; k++) {
-        struct mmsghdr *m = &hdrs[k];
-        if (m->msg_hdr.msg_iovlen < 1 || m->msg_hdr.msg_iov[0].iov_len < (size_t)offset + 8)
-            continue; /* nothing to stamp: counted as failed */
-        int got = stamp_and_send(fd, m, offset);
-        if (got > 0)
-            sent++;
-        else if (got < 0)
-            break;
-    }
-    return Py_BuildValue("nn", sent, count - sent);
 }
 
 static PyObject *scan(PyObject *self, PyObject *args)
@@ -263,14 +233,14 @@ static PyObject *reply_each(PyObject *self, PyObject *args)
         if (full)
             continue; /* counted, not sent: the send buffer is full */
         uint64_t head = first_words[buf[0]] | poll_words[buf[2]];
-        memcpy(buf + 24, buf + 40, 8); /* origin: the request's transmit, verbatim */
+        memcpy(buf + 24, buf + TRANSMIT_OFFSET, 8); /* origin: the request's transmit, verbatim */
         put_be64(buf, head);
         put_be64(buf + 8, word1);
         put_be64(buf + 16, word2);
         put_be64(buf + 32, ntp64_rounded(sec, nsec));
         m->msg_hdr.msg_iov[0].iov_len = HEADER_LEN;
         m->msg_hdr.msg_controllen = 0;
-        int got = stamp_and_send(fd, m, 40);
+        int got = stamp_and_send(fd, m);
         if (got > 0)
             sent++;
         else if (got < 0)
@@ -290,8 +260,6 @@ static PyMethodDef methods[] = {
     {"reply_each", reply_each, METH_VARARGS,
      "reply_each(fd, hdrs, count, mask, by_first, by_poll, word1, word2)"
      " -> (replied, sent, failed, version4, version1)"},
-    {"send_each", send_each, METH_VARARGS,
-     "send_each(fd, hdrs, count, stamp_offset) -> (sent, failed)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -142,10 +142,7 @@ class Association:
         self.rec_ns = 0  # local time of the last valid sample (ntpq rec)
         #: The spread of the samples a refclock averaged into its newest measurement (s).
         self.newest_jitter: float | None = None
-        #: The median of that spread over recent polls, weighted by their sample counts (s):
-        #: one poll's spread of a few samples is a noisy estimate of the source's noise, and a
-        #: poll whose window held a step or a slew would inflate an average for long.
-        self.sample_spread: float | None = None
+        #: (spread, samples) of the last SPREAD_POLLS refclock polls (``sample_spread``).
         self._spreads: deque[tuple[float, float]] = deque(maxlen=SPREAD_POLLS)
         self.received = 0
         self.bad_samples = 0
@@ -154,6 +151,21 @@ class Association:
         self.event_count = 0
 
     # -- the statistics ntpq shows ------------------------------------------------------
+
+    @property
+    def sample_spread(self) -> float | None:
+        """A refclock's sample spread (s): the median of its recent polls' spreads, weighted
+        by their sample counts. One poll's spread of a few samples is a noisy estimate of the
+        source's noise, and a poll whose window held a step or a slew would inflate an
+        average for long. None before the first poll that gave one."""
+        ranked = sorted(self._spreads)
+        half = math.fsum(count for _, count in ranked) / 2
+        total = 0.0
+        for value, count in ranked:
+            total += count
+            if total >= half:
+                return value
+        return None
 
     @property
     def offset(self) -> float:
@@ -296,7 +308,8 @@ class Association:
             float(m.jitter) if m.jitter is not None and math.isfinite(m.jitter) else None
         )
         if self.newest_jitter is not None:
-            self._pool_spread(self.newest_jitter, span)
+            # A refclock delivers about one sample a second: the window held span+1 of them.
+            self._spreads.append((self.newest_jitter, 1.0 + span / NS_PER_S))
         result = self.filter.add(
             float(m.offset),
             delay,
@@ -311,18 +324,6 @@ class Association:
             self._event(EVNT_POPCORN)
         self._update_poll()
         return result
-
-    def _pool_spread(self, spread: float, span_ns: int) -> None:
-        # A refclock delivers about one sample a second: the window held span+1 of them.
-        self._spreads.append((spread, 1.0 + span_ns / NS_PER_S))
-        ranked = sorted(self._spreads)
-        half = math.fsum(count for _, count in ranked) / 2
-        total = 0.0
-        for value, count in ranked:
-            total += count
-            if total >= half:
-                self.sample_spread = value
-                return
 
     def poll_missed(self, now_ns: int) -> None:
         """The poll came and went without a valid sample."""

@@ -54,7 +54,7 @@ _TS3 = {48: struct.Struct("=6q"), 24: struct.Struct("=6i")}
 _TS1 = {16: struct.Struct("=2q"), 8: struct.Struct("=2i")}
 _NS = 1_000_000_000
 
-#: CLOCK_REALTIME in ns. A send loop given this very object as its clock may stamp in C.
+#: CLOCK_REALTIME in ns. A server given this very object as its clock may stamp in C.
 realtime_ns: Callable[[], int] = functools.partial(time.clock_gettime_ns, time.CLOCK_REALTIME)
 
 try:  # the compiled hot path (setup.py); Python and numpy do the same without it
@@ -457,9 +457,6 @@ class MmsgBatch:
         if rows is not None:
             offsets = [offsets[k] for k in rows]
         if step == 1 and clock_ns is not None:
-            if clock_ns is realtime_ns and hotpath is not None:
-                base = self._hdr_at if rows is None else self._out_at
-                return hotpath.send_each(fd, base, count, 8 * stamp_word)
             return self._send_each(fd, count, ptrs, offsets, clock_ns)
         stamped = stamp is not None or clock_ns is not None
         sent = failed = pos = 0

@@ -210,6 +210,15 @@ class RateLimiter:
         Exactly what that many ``observe`` calls in a row would do (same entry state, order
         and counters), in one loop over plain ints. Each packet over the limits is appended
         to ``limited_out`` (when given) as (k, its flags)."""
+        if stop - start == 1:
+            # One packet (many clients, one request each): the one-packet update is cheaper
+            # than setting up the run loop.
+            before = self.stats.limited
+            flags = self.observe(entry.address, port, _MODE_CLIENT, versions[start],
+                                 times[start], restrict_flags, entry=entry)  # fmt: skip
+            if limited_out is not None and self.stats.limited != before:
+                limited_out.append((start, flags))
+            return
         if stop <= start:
             return
         last = entry.last_ns

@@ -578,19 +578,6 @@ class AccessControl:
                 if limiter is None or entry is None:
                     self.last_flags = flags & _DOUSE
                     break
-                if stop - k == 1:
-                    # A lone request (many clients, one packet each): the one-packet update.
-                    got = limiter.observe(host, port, _MODE_CLIENT, versions[k], times[k],
-                                          flags, entry=entry)  # fmt: skip
-                    self.last_flags = got
-                    if got & _LIMITED and flags & _LIMITED:
-                        stats.limited += 1
-                        if got & _KOD:
-                            stats.kod += 1
-                            out[k] = Decision.KOD
-                        else:
-                            out[k] = Decision.DROP
-                    break
                 limited: list[tuple[int, int]] | None = [] if flags & _LIMITED else None
                 limiter.observe_run(entry, port, versions, times, k, stop, flags, limited)
                 self.last_flags = entry.flags

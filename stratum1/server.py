@@ -463,8 +463,7 @@ class NtpServer:
         template = self._current_template()
         first = mm.data[:count, 0]
         client_first, version4_first, version_of, _offset, _shift = _batch_constants()
-        # One table lookup for "mode 3, version 1-4" (the LI bits may be anything).
-        fast = client_first[first]
+        fast = client_first[first]  # one table lookup: _CLIENT_FIRST_BYTES
         fast &= mm.msg_len[:count] == HEADER_LEN
         fast &= mm.stamped(count)
         verdicts: dict[int, str] = {}
@@ -485,30 +484,14 @@ class NtpServer:
                 return
             first = first[slots]
         served = len(first)
-        self.stats.received += served
         newer = int(np.count_nonzero(version4_first[first]))
-        self.stats.new_version += newer
-        self.stats.old_version += served - newer
-        if served > newer:
-            v1 = int(np.count_nonzero(version_of[first] == 1))
-            self.stats.ver1 += v1
-            self.stats.ver1_client += v1
+        v1 = int(np.count_nonzero(version_of[first] == 1)) if served > newer else 0
         self._render_batch(mm, slice(0, count) if isinstance(slots, int) else slots,
                            served, template)  # fmt: skip
-        collecting = gc.isenabled()
-        if collecting:
-            # A collection between a transmit clock read and its sendmmsg would make
-            # that group's timestamps old; let any due collection run after the send.
-            gc.disable()
-        try:
-            sent, failed = mm.send(sock.fileno(), slots, HEADER_LEN, chunk=self._tx_chunk,
-                                   clock_ns=self._now_ns, stamp_word=_TRANSMIT_WORD)  # fmt: skip
-        finally:
-            if collecting:
-                gc.enable()
-        self.stats.sent += sent
-        self.stats.replied += sent
-        self.stats.send_errors += failed
+        sent, failed = _without_gc(lambda: mm.send(
+            sock.fileno(), slots, HEADER_LEN, chunk=self._tx_chunk, clock_ns=self._now_ns,
+            stamp_word=_TRANSMIT_WORD))  # fmt: skip
+        self._count_batch(served, newer, v1, sent, failed)
 
     def _answer_batch_compiled(self, sock: socket.socket, mm: Any, count: int) -> None:
         """``_answer_batch`` with the per-datagram arithmetic in C (``stratum1/_hotpath.c``):
@@ -529,16 +512,13 @@ class NtpServer:
             self._batch_slow_path(sock, mm, [i for i in range(count) if not mask[i]],
                                   verdicts)  # fmt: skip
         by_first, by_poll, rest = template.batch_tables()
-        collecting = gc.isenabled()
-        if collecting:
-            gc.disable()  # as in _handle_batch: no collection between a stamp and its send
-        try:
-            served, sent, failed, newer, v1 = hot.reply_each(
-                fd, mm.hdr_address, count, mask, by_first, by_poll,
-                int(rest[0]), int(rest[1]))  # fmt: skip
-        finally:
-            if collecting:
-                gc.enable()
+        served, sent, failed, newer, v1 = _without_gc(lambda: hot.reply_each(
+            fd, mm.hdr_address, count, mask, by_first, by_poll, int(rest[0]), int(rest[1])))
+        self._count_batch(served, newer, v1, sent, failed)
+
+    def _count_batch(self, served: int, newer: int, v1: int, sent: int, failed: int) -> None:
+        """Count the plain client requests a batch answered: ``newer`` of them version 4,
+        ``v1`` version 1."""
         stats = self.stats
         stats.received += served
         stats.new_version += newer
@@ -819,11 +799,25 @@ _SMALL_BATCH = 4
 _FRAC_PER_NS = (1 << 32) / 1_000_000_000
 
 
-#: Byte 0 of a request the compiled path may answer: mode 3 and a version we answer.
+#: Byte 0 of a request the batch path may answer: mode 3 and a version we answer (the LI
+#: bits may be anything). A v1 mode-0 request takes the per-datagram path.
 _CLIENT_FIRST_BYTES = bytes(
     int(b & 0x07 == MODE_CLIENT and VERSION_MIN <= (b >> 3) & 0x07 <= VERSION_MAX)
     for b in range(256)
 )
+
+
+def _without_gc(send: Callable[[], Any]) -> Any:
+    """Run ``send`` with the cyclic collector paused: a collection between a transmit clock
+    read and its send would make that timestamp old; a due collection runs after."""
+    collecting = gc.isenabled()
+    if collecting:
+        gc.disable()
+    try:
+        return send()
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @functools.cache
@@ -833,9 +827,8 @@ def _batch_constants() -> tuple[Any, Any, Any, Any, Any]:
     the NTP era offset and 32 as numpy scalars."""
     import numpy as np
 
-    byte = np.arange(256)
-    version = (byte >> 3) & 0x07
-    client = ((byte & 0x07) == MODE_CLIENT) & (version >= VERSION_MIN) & (version <= VERSION_MAX)
+    version = (np.arange(256) >> 3) & 0x07
+    client = np.frombuffer(_CLIENT_FIRST_BYTES, np.uint8).astype(bool)
     return client, version == 4, version, np.uint64(_NTP_UNIX_OFFSET_S), np.uint64(32)
 
 

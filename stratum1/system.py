@@ -387,7 +387,9 @@ class SystemProcess:
         shift = mit.selection.offset - self.current_offset(peer, now_ns)
         offset = newest.offset + shift
         if peer.refclock:
-            spread = peer.sample_spread if peer.sample_spread is not None else peer.jitter
+            spread = peer.sample_spread
+            if spread is None:
+                spread = peer.jitter
             # Refclocks deliver about one sample a second: the window held span+1 of them.
             count = 1.0 + newest.span_ns / NS_PER_S
             sigma = spread / math.sqrt(count)
