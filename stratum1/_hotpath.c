@@ -6,11 +6,14 @@
  * costs Python (numpy included) about 2 us per reply:
  *
  *   scan(hdrs, count, ok_first, want_lists)
- *       -> (mask, rows, versions, rx_ns, starts)   mask[i] = 1 for a plain client request:
+ *       -> (mask, rows, versions, rx_ns, starts, senders)
+ *          mask[i] = 1 for a plain client request:
  *          48 bytes, a first byte that ok_first allows (mode 3, a version we answer), and a
  *          software receive stamp; rows/versions/rx_ns list those slots, starts the
- *          positions in rows where the sender (address and port) changes (None unless
- *          want_lists).
+ *          positions in rows where a run of requests from one client begins: a new host
+ *          (address without port), or a change between port 123 and any other; senders the
+ *          address tuple of each run's last request (whose port the MRU entry keeps). The
+ *          lists are None unless want_lists.
  *   reply_each(fd, hdrs, count, mask, by_first, by_poll, word1, word2)
  *       -> (replied, sent, failed, version4, version1)   turns every masked request into
  *          its reply in place (word 0 = by_first[byte 0] | by_poll[byte 2], words 1-2 given,
@@ -25,7 +28,9 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
+#include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -90,6 +95,59 @@ static int rx_stamp(struct msghdr *msg, int64_t *sec, int64_t *nsec)
     return 0;
 }
 
+/* Whether two requests belong to one run for the access check: the same host (address
+ * without port, as the MRU list keys it) and both or neither from port 123 (what
+ * ``restrict ... ntpport`` tells apart). Other ports may differ: a run's MRU entry takes the
+ * port of its last request, as a request at a time would leave it. */
+static int same_client(const struct msghdr *a, const struct msghdr *b)
+{
+    if (a->msg_namelen != b->msg_namelen || a->msg_namelen < sizeof(sa_family_t))
+        return 0;
+    const struct sockaddr *sa = a->msg_name, *sb = b->msg_name;
+    if (sa->sa_family != sb->sa_family)
+        return 0;
+    if (sa->sa_family == AF_INET && a->msg_namelen >= sizeof(struct sockaddr_in)) {
+        const struct sockaddr_in *x = a->msg_name, *y = b->msg_name;
+        return x->sin_addr.s_addr == y->sin_addr.s_addr &&
+               (x->sin_port == htons(123)) == (y->sin_port == htons(123));
+    }
+    if (sa->sa_family == AF_INET6 && a->msg_namelen >= sizeof(struct sockaddr_in6)) {
+        const struct sockaddr_in6 *x = a->msg_name, *y = b->msg_name;
+        return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0 &&
+               (x->sin6_port == htons(123)) == (y->sin6_port == htons(123));
+    }
+    return memcmp(a->msg_name, b->msg_name, a->msg_namelen) == 0;
+}
+
+/* The sender of a received message as the socket module gives it: (host, port) for IPv4,
+ * (host, port, flowinfo, scope_id) for IPv6; ("", 0) for anything else (no host: refused). */
+static PyObject *sender_tuple(const struct msghdr *msg)
+{
+    char host[INET6_ADDRSTRLEN];
+    const struct sockaddr *sa = msg->msg_name;
+    if (msg->msg_namelen >= sizeof(struct sockaddr_in) && sa->sa_family == AF_INET) {
+        const struct sockaddr_in *in = msg->msg_name;
+        if (inet_ntop(AF_INET, &in->sin_addr, host, sizeof host) != NULL)
+            return Py_BuildValue("(si)", host, (int)ntohs(in->sin_port));
+    } else if (msg->msg_namelen >= sizeof(struct sockaddr_in6) && sa->sa_family == AF_INET6) {
+        const struct sockaddr_in6 *in6 = msg->msg_name;
+        if (inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof host) != NULL)
+            return Py_BuildValue("(siII)", host, (int)ntohs(in6->sin6_port),
+                                 (unsigned int)ntohl(in6->sin6_flowinfo),
+                                 (unsigned int)in6->sin6_scope_id);
+    }
+    return Py_BuildValue("(si)", "", 0);
+}
+
+/* Append the sender of msg to list; 0 on success. */
+static int append_sender(PyObject *list, const struct msghdr *msg)
+{
+    PyObject *sender = sender_tuple(msg);
+    int failed = sender == NULL || PyList_Append(list, sender) < 0;
+    Py_XDECREF(sender);
+    return failed ? -1 : 0;
+}
+
 static struct mmsghdr *hdrs_from(unsigned long long address)
 {
     return (struct mmsghdr *)(uintptr_t)address;
@@ -129,6 +187,7 @@ static PyObject *scan(PyObject *self, PyObject *args)
     if (!PyArg_ParseTuple(args, "Kny*p", &address, &count, &ok, &want_lists))
         return NULL;
     PyObject *mask = NULL, *rows = NULL, *versions = NULL, *stamps = NULL, *starts = NULL;
+    PyObject *senders = NULL;
     PyObject *result = NULL;
     struct msghdr *previous = NULL;
     if (!check_count(count))
@@ -145,7 +204,9 @@ static PyObject *scan(PyObject *self, PyObject *args)
         versions = PyList_New(0);
         stamps = PyList_New(0);
         starts = PyList_New(0);
-        if (rows == NULL || versions == NULL || stamps == NULL || starts == NULL)
+        senders = PyList_New(0);
+        if (rows == NULL || versions == NULL || stamps == NULL || starts == NULL ||
+            senders == NULL)
             goto done;
     }
     char *flags = PyByteArray_AS_STRING(mask);
@@ -161,12 +222,11 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (!fast || !want_lists)
             continue;
         struct msghdr *msg = &m->msg_hdr;
-        if (previous == NULL || previous->msg_namelen != msg->msg_namelen ||
-            memcmp(previous->msg_name, msg->msg_name, msg->msg_namelen) != 0) {
+        if (previous == NULL || !same_client(previous, msg)) {
             PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(rows));
             int failed = at == NULL || PyList_Append(starts, at) < 0;
             Py_XDECREF(at);
-            if (failed)
+            if (failed || (previous != NULL && append_sender(senders, previous) < 0))
                 goto done;
         }
         previous = msg;
@@ -182,10 +242,13 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (bad)
             goto done;
     }
-    if (want_lists)
-        result = Py_BuildValue("OOOOO", mask, rows, versions, stamps, starts);
-    else
-        result = Py_BuildValue("OOOOO", mask, Py_None, Py_None, Py_None, Py_None);
+    if (want_lists) {
+        if (previous != NULL && append_sender(senders, previous) < 0)
+            goto done;
+        result = Py_BuildValue("OOOOOO", mask, rows, versions, stamps, starts, senders);
+    } else {
+        result = Py_BuildValue("OOOOOO", mask, Py_None, Py_None, Py_None, Py_None, Py_None);
+    }
 done:
     PyBuffer_Release(&ok);
     Py_XDECREF(mask);
@@ -193,6 +256,7 @@ done:
     Py_XDECREF(versions);
     Py_XDECREF(stamps);
     Py_XDECREF(starts);
+    Py_XDECREF(senders);
     return result;
 }
 
@@ -256,7 +320,7 @@ done:
 
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
-     "scan(hdrs, count, ok_first, want_lists) -> (mask, rows, versions, rx_ns, starts)"},
+     "scan(hdrs, count, ok_first, want_lists) -> (mask, rows, versions, rx_ns, starts, senders)"},
     {"reply_each", reply_each, METH_VARARGS,
      "reply_each(fd, hdrs, count, mask, by_first, by_poll, word1, word2)"
      " -> (replied, sent, failed, version4, version1)"},

@@ -508,8 +508,9 @@ class AccessControl:
         """Decide for a batch of plain time requests (mode 3, 48 bytes: no MAC), in arrival
         order: request ``k`` was received at ``times[k]`` (Unix ns) with ``versions[k]``;
         requests ``starts[j]`` up to ``starts[j + 1] - 1`` (the last run: to the end) came
-        from ``addresses[j]`` (host, port, ...). Returns the decisions that are not SERVE, by
-        request index.
+        from the host of ``addresses[j]`` (host, port, ...), either all from port 123 or none,
+        and ``addresses[j]`` is the last one's (only the last port of a run is kept). Returns
+        the decisions that are not SERVE, by request index.
 
         The same decisions, MRU list, counters and ``last_flags`` as one ``check`` per request
         in that order; but the table lookup is cached per address until the table changes,
@@ -546,16 +547,15 @@ class AccessControl:
                         flags = entry.restrict_flags
                 else:
                     key = (host, port == NTP_PORT)
-                    flags = cache.get(key, -1)
-                    if flags < 0:
+                    known = cache.get(key)
+                    if known is None:
                         try:
                             family, value = parse_host(host)
+                            known = (table.lookup_int(family, value, port), family, value)
                         except ValueError:
-                            family = -1
-                        if family >= 0:
-                            flags = cache[key] = table.lookup_int(family, value, port)
-                    if limiter is not None and not flags & _REFUSED:
-                        flags = -1  # a new MRU entry: ``check`` makes it
+                            known = (-1, -1, -1)  # ``check`` counts and refuses it
+                        cache[key] = known
+                    flags, family, value = known
                 if flags >= 0 and flags & _REFUSED:
                     # Refused before anything is recorded: count and drop the whole run.
                     count = stop - k
@@ -572,6 +572,15 @@ class AccessControl:
                     decision = check(host, port, _MODE_CLIENT, versions[k], times[k], False)
                     if decision is not Decision.SERVE:
                         out[k] = decision
+                    k += 1
+                    continue
+                if entry is None and limiter is not None:
+                    # A new MRU entry (served: a first packet is within any limit): what
+                    # ``check`` does, without looking the address up again.
+                    stats.checked += 1
+                    self.last_flags = limiter.observe(host, port, _MODE_CLIENT, versions[k],
+                                                      times[k], flags, generation, family,
+                                                      value)  # fmt: skip
                     k += 1
                     continue
                 stats.checked += stop - k

@@ -76,8 +76,9 @@ KOD = "kod"  # answer a client request with a RATE kiss-o'-death instead of the 
 #: Given the sender's address and the packet's mode, return SERVE, DROP or KOD.
 AccessCheck = Callable[[Address, int, int, int, bool], str]
 #: The batched access check for plain client requests (mode 3, 48 bytes, versions 1-4): given
-#: the senders of each run of requests, where the runs start, each request's version and
-#: receive time, return the verdicts that are not SERVE by request index
+#: each run's address (runs are from one host, all or none from port 123; the address is the
+#: run's last request's), where the runs start, each request's version and receive time,
+#: return the verdicts that are not SERVE by request index
 #: (``stratum1.restrict.AccessControl.check_clients``).
 ClientsCheck = Callable[[list, list, list, list], "dict[int, str]"]
 
@@ -501,11 +502,11 @@ class NtpServer:
         template = self._current_template()
         access = self.access
         checked = access is not serve_all
-        mask, rows, versions, rx_ns, starts = hot.scan(
+        mask, rows, versions, rx_ns, starts, senders = hot.scan(
             mm.hdr_address, count, _CLIENT_FIRST_BYTES, checked)  # fmt: skip
         verdicts: dict[int, str] = {}
         if checked:
-            verdicts = self._batch_verdicts(access, mm, rows, versions, rx_ns, starts)
+            verdicts = self._batch_verdicts(access, mm, rows, versions, rx_ns, starts, senders)
             for i in verdicts:
                 mask[i] = 0
         if mask.count(1) != count:
@@ -530,17 +531,23 @@ class NtpServer:
         stats.send_errors += failed
 
     def _batch_verdicts(self, access: AccessCheck, mm: Any, rows: list[int],
-                        versions: list[int], rx_ns: list[int],
-                        starts: list[int]) -> dict[int, str]:  # fmt: skip
+                        versions: list[int], rx_ns: list[int], starts: list[int],
+                        senders: list[tuple] | None = None) -> dict[int, str]:  # fmt: skip
         """The access check of a batch's plain client requests (in slots ``rows``, the
-        positions in ``starts`` beginning each run from one sender): refused slot -> verdict."""
+        positions in ``starts`` beginning each run from one client, as ``scan`` and
+        ``MmsgBatch.run_starts`` find them; ``senders``: each run's last address, if known):
+        refused slot -> verdict."""
         import numpy as np
 
         verdicts: dict[int, str] = {}
         clients = self._clients_check(access)
         if clients is not None:
-            # One call decides the batch; runs from one sender share the address.
-            senders = mm.addresses(np.array([rows[k] for k in starts], dtype=np.intp))
+            # One call decides the batch; a run is named by its last request's address
+            # (whose port the MRU entry keeps, as a request at a time would leave it).
+            if senders is None:
+                lasts = [rows[k - 1] for k in starts[1:]]
+                lasts.append(rows[-1])
+                senders = mm.addresses(np.array(lasts, dtype=np.intp))
             for k, verdict in clients(senders, starts, versions, rx_ns).items():
                 verdicts[rows[k]] = verdict
             return verdicts

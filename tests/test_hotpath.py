@@ -24,20 +24,71 @@ def _request(first: int, transmit: int, poll: int = 6) -> bytes:
 
 @pytest.fixture
 def batch():
-    """A timestamping server socket, two client sockets, and a batch to receive into."""
+    """A timestamping server socket, client sockets on 127.0.0.1, 127.0.0.2 and 127.0.0.1
+    again (another port), and a batch to receive into."""
     pytest.importorskip("numpy")
     server = netio.open_udp(("127.0.0.1", 0))
     assert netio.enable_rx_timestamps(server) == netio.TS_TIMESTAMPING
     clients = []
-    for _ in range(2):
+    for host in ("127.0.0.1", "127.0.0.2", "127.0.0.1"):
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind((host, 0))
         sock.settimeout(1.0)
         clients.append(sock)
     mm = netio.MmsgBatch(capacity=16, bufsize=64)
     yield server, clients, mm
     for sock in (server, *clients):
         sock.close()
+
+
+def test_scan_starts_a_run_where_the_source_port_turns_123_or_back(batch):
+    server, (a, _b, _a2), mm = batch
+    ntp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    other = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        try:
+            ntp.bind(("127.0.0.77", 123))
+        except PermissionError:
+            pytest.skip("binding port 123 needs privileges")
+        other.bind(("127.0.0.77", 0))
+        sends = [(a, _request(0x23, 0))] + [(s, _request(0x23, 1)) for s in (ntp, other, ntp)]
+        for _ in range(50):  # the kernel turns stamping on lazily: wait for stamped datagrams
+            count = _receive(server, mm, sends)
+            mask, _rows, _versions, _rx_ns, starts, senders = netio.hotpath.scan(
+                mm.hdr_address, count, OK_FIRST, True)  # fmt: skip
+            mm.reset(count)
+            if mask.count(1) == len(sends):
+                break
+        assert starts == [0, 1, 2, 3]
+        assert senders == [a.getsockname(), ntp.getsockname(), other.getsockname(),
+                           ntp.getsockname()]  # fmt: skip
+    finally:
+        ntp.close()
+        other.close()
+
+
+def test_scan_names_ipv6_senders_as_the_socket_module_does():
+    pytest.importorskip("numpy")
+    try:
+        server = netio.open_udp(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    client = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    try:
+        assert netio.enable_rx_timestamps(server) == netio.TS_TIMESTAMPING
+        client.bind(("::1", 0))
+        mm = netio.MmsgBatch(capacity=4, bufsize=64)
+        for _ in range(50):  # the kernel turns stamping on lazily: wait for stamped datagrams
+            count = _receive(server, mm, [(client, _request(0x23, 1))] * 2)
+            mask, _rows, _versions, _rx_ns, starts, senders = netio.hotpath.scan(
+                mm.hdr_address, count, OK_FIRST, True)  # fmt: skip
+            mm.reset(count)
+            if mask.count(1) == 2:
+                break
+        assert starts == [0] and senders == [client.getsockname()]
+    finally:
+        client.close()
+        server.close()
 
 
 def _receive(server, mm, sends) -> int:
@@ -47,11 +98,11 @@ def _receive(server, mm, sends) -> int:
     return mm.receive(server.fileno())
 
 
-def test_scan_takes_plain_client_requests_and_marks_sender_runs(batch):
-    server, (a, b), mm = batch
+def test_scan_takes_plain_client_requests_and_marks_client_runs(batch):
+    server, (a, b, a2), mm = batch
     sends = [
         (a, _request(0x23, 1)),  # v4 client
-        (a, _request(0x1B, 2)),  # v3 client
+        (a2, _request(0x1B, 2)),  # v3 client, the same host from another port
         (b, _request(0xE3, 3)),  # v4 client, leap bits set: still plain
         (b, _request(0x24, 4)),  # mode 4: not a request
         (b, _request(0x23, 5)[:47]),  # short
@@ -68,20 +119,21 @@ def test_scan_takes_plain_client_requests_and_marks_sender_runs(batch):
     before = time.clock_gettime_ns(time.CLOCK_REALTIME)
     count = _receive(server, mm, sends)
     assert count == len(sends)
-    mask, rows, versions, rx_ns, starts = netio.hotpath.scan(mm.hdr_address, count, OK_FIRST,
-                                                             True)  # fmt: skip
+    mask, rows, versions, rx_ns, starts, senders = netio.hotpath.scan(
+        mm.hdr_address, count, OK_FIRST, True)  # fmt: skip
     assert list(mask) == [1, 1, 1, 0, 0, 0, 1, 0]
     assert rows == [0, 1, 2, 6] and versions == [4, 3, 4, 1]
-    assert starts == [0, 2, 3]  # a a | b | a (by sender, among the plain requests)
+    assert starts == [0, 2, 3]  # a a2 | b | a (by host, among the plain requests)
+    assert senders == [a2.getsockname(), b.getsockname(), a.getsockname()]  # each run's last
     assert before <= rx_ns[0] and rx_ns == sorted(rx_ns) and rx_ns[-1] <= time.time_ns()
     assert rx_ns[0] == int(mm.rx_sec[0]) * 1_000_000_000 + int(mm.rx_nsec[0])
     again = netio.hotpath.scan(mm.hdr_address, count, OK_FIRST, False)
-    assert again[0] == mask and again[1:] == (None, None, None, None)
+    assert again[0] == mask and again[1:] == (None, None, None, None, None)
     mm.reset(count)
 
 
 def test_reply_each_builds_each_reply_and_skips_a_refusing_destination(batch):
-    server, (a, b), mm = batch
+    server, (a, b, _a2), mm = batch
     count = _receive(server, mm, [(a, _request(0x23, 11, poll=2)), (b, _request(0x1B, 12)),
                                   (a, _request(0x0B, 13, poll=9))])  # fmt: skip
     assert count == 3

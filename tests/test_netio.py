@@ -340,30 +340,36 @@ def test_mmsg_batch_send_each_with_the_real_clock(subset):
         server.close()
 
 
-def test_mmsg_batch_run_starts_follow_the_senders():
+def test_mmsg_batch_run_starts_follow_the_client_hosts():
     pytest.importorskip("numpy")
     if not netio.batch_supported():
         pytest.skip("no recvmmsg/sendmmsg here")
     import numpy as np
 
     server = netio.open_udp(("127.0.0.1", 0))
-    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    b = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    a, a2, b, ntp, other = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(5))
     a.bind(("127.0.0.1", 0))
+    a2.bind(("127.0.0.1", 0))  # the same host from another port: the same run
     b.bind(("127.0.0.2", 0))
+    other.bind(("127.0.0.76", 0))
     try:
-        mm = netio.MmsgBatch(capacity=8, bufsize=64)
-        for sock in (a, a, b, a, a, a, b, b):
+        ntp.bind(("127.0.0.76", 123))  # port 123 starts its own run (restrict ... ntpport)
+    except PermissionError:
+        ntp.close()
+        ntp = other
+    try:
+        mm = netio.MmsgBatch(capacity=10, bufsize=64)
+        for sock in (a, a2, b, a, a, a2, b, b, ntp, other):
             sock.sendto(b"x" * 48, server.getsockname())
         time.sleep(0.05)
-        assert mm.receive(server.fileno()) == 8
-        every = np.arange(8)
-        assert mm.run_starts(every) == [0, 2, 3, 6]
-        assert mm.run_starts(np.array([0, 1, 3, 4])) == [0]  # the same sender throughout
+        assert mm.receive(server.fileno()) == 10
+        every = np.arange(10)
+        assert mm.run_starts(every) == [0, 2, 3, 6, 8] + ([9] if ntp is not other else [])
+        assert mm.run_starts(np.array([0, 1, 3, 4, 5])) == [0]  # one host throughout
         assert mm.run_starts(np.array([5])) == [0] and mm.run_starts(every[:0]) == []
         assert [mm.addresses(every[[0, 2]])[i] for i in (0, 1)] == [a.getsockname(),
                                                                     b.getsockname()]  # fmt: skip
-        mm.reset(8)
+        mm.reset(10)
     finally:
-        for sock in (a, b, server):
+        for sock in {a, a2, b, ntp, other, server}:
             sock.close()

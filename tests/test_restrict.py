@@ -488,11 +488,18 @@ def _state(a: AccessControl) -> tuple:
 
 
 def _runs(batch: list[tuple]) -> tuple[list[tuple], list[int]]:
-    addresses, starts = [], []
+    """Runs as the server finds them: one host, all or none from port 123, other ports mixed;
+    each named by its last request's address."""
+    addresses: list[tuple] = []
+    starts: list[int] = []
     for k, (host, port, *_rest) in enumerate(batch):
-        if not addresses or addresses[-1] != (host, port) or k % 7 == 3:
-            addresses.append((host, port))  # k % 7: runs need not be maximal
+        same = (addresses and addresses[-1][0] == host
+                and (addresses[-1][1] == 123) == (port == 123))  # fmt: skip
+        if not same or k % 7 == 3:  # k % 7: runs need not be maximal
+            addresses.append((host, port))
             starts.append(k)
+        else:
+            addresses[-1] = (host, port)
     return addresses, starts
 
 
