@@ -436,6 +436,43 @@ def print_table(rows: list[dict]) -> None:
               f"{so['lost_pct']:.1f}%) |")  # fmt: skip
 
 
+def round_order(names: list[str], round_index: int) -> list[str]:
+    """The servers' order in round ``round_index``: as given, then reversed, and so on, so that
+    over two rounds each server runs once early and once late (a drift in the machine's speed
+    during a run then weighs on every server alike)."""
+    return list(names) if round_index % 2 == 0 else list(reversed(names))
+
+
+def summarise(rounds: list[dict[str, dict]], reference: str = "chronyd") -> list[str]:
+    """Lines comparing the servers over rounds: per server the median CPU µs per response and
+    saturated offset p99, and the median over rounds of its CPU ratio to ``reference`` in the
+    same round (paired: a round's servers ran minutes apart, not hours)."""
+    names: list[str] = []
+    for figures in rounds:
+        names += [n for n in figures if n not in names]
+    lines = []
+    for name in names:
+        rows = [r[name] for r in rounds if name in r and "error" not in r[name]]
+        if not rows:
+            continue
+        cpu = [row["cpu_us"] for row in rows]
+        off = [row["sat_off"]["p99abs"] for row in rows]
+        line = (f"{name}: CPU µs/resp median {percentile(cpu, 0.5):.2f} "
+                f"({min(cpu):.2f}-{max(cpu):.2f}), offset p99 at saturation median "
+                f"{percentile(off, 0.5):.2f} µs ({min(off):.2f}-{max(off):.2f}), "
+                f"{len(rows)} round(s)")  # fmt: skip
+        ratios = [r[name]["cpu_us"] / r[reference]["cpu_us"] for r in rounds
+                  if name != reference and name in r and reference in r
+                  and "error" not in r[name] and "error" not in r[reference]]  # fmt: skip
+        if ratios:
+            below = sum(1 for x in ratios if x <= 1.0)
+            line += (f"; CPU / {reference} in the same round: median {percentile(ratios, 0.5):.2f}"
+                     f" ({min(ratios):.2f}-{max(ratios):.2f}, at or below in {below} of "
+                     f"{len(ratios)})")  # fmt: skip
+        lines.append(line)
+    return lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", default="stratum1,chronyd,ntpd",
@@ -457,51 +494,73 @@ def main(argv: list[str] | None = None) -> int:
                         help="bare server: replies per sendmmsg (default: the server's)")
     parser.add_argument("--workers", type=int, default=0,
                         help="bare server: SO_REUSEPORT worker processes (0: serve in-process)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="run the servers this many times, every other round in reverse "
+                             "order, and summarise (medians, paired CPU ratios)")
     parser.add_argument("--serve-bare", type=int, metavar="PORT", help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
     if opts.serve_bare is not None:
         return serve_bare(opts.serve_bare, opts.tx_chunk, opts.workers)
     if not 1 <= opts.duration <= 60 or not 1 <= opts.light_duration <= 60:
         parser.error("durations must be 1..60 s")
+    if not 1 <= opts.rounds <= 20:
+        parser.error("rounds must be 1..20")
     # The probe and this script stay off the server's core.
     os.sched_setaffinity(0, {opts.load_cpu})
     with tempfile.TemporaryDirectory(prefix="stratum1-bench-") as tmp:
         workdir = Path(tmp)
         ntpload = build_ntpload(workdir)
-        rows = []
-        for name in opts.only.split(","):
-            if name == "stratum1":
-                spec = stratum1_spec(workdir, PORTS["stratum1"], opts.stratum1_arg)
-            elif name == "bare":
-                spec = bare_spec(PORTS["bare"], opts.tx_chunk, opts.workers)
-            elif name == "chronyd":
-                binary = find_chronyd()
-                if binary is None:
-                    rows.append({"name": name, "error": "chronyd not found"})
-                    continue
-                spec = chronyd_spec(workdir, PORTS["chronyd"], binary)
-            elif name == "ntpd":
-                binary = shutil.which("ntpd")
-                if binary is None:
-                    rows.append({"name": name, "error": "ntpd not found"})
-                    continue
-                spec = ntpd_spec(workdir, binary)
-            else:
-                parser.error(f"unknown server {name!r}")
-            print(f"-- {spec.name} ({spec.note}) on {HOST}:{spec.port}", flush=True)
-            row = bench_server(spec, ntpload, opts, workdir / f"{spec.name}.log")
-            if "error" in row:
-                print(f"   {row['error']}", flush=True)
-                log = workdir / f"{spec.name}.log"
-                if log.exists():
-                    print(log.read_text()[-2000:])
-            else:
-                print(f"   {row['rps']:,.0f} resp/s, {row['cpu_us']:.2f} µs CPU/resp, "
-                      f"sat p99 {row['sat_p99']:.0f} µs, offset p99 {row['sat_off']['p99abs']:.2f}"
-                      " µs", flush=True)  # fmt: skip
-            rows.append(row)
-        print_table(rows)
+        rounds: list[dict[str, dict]] = []
+        for index in range(opts.rounds):
+            if opts.rounds > 1:
+                print(f"== round {index + 1} of {opts.rounds}", flush=True)
+            rows = run_round(parser, opts, workdir, ntpload,
+                             round_order(opts.only.split(","), index))  # fmt: skip
+            print_table(rows)
+            rounds.append({row["name"]: row for row in rows})
+        if opts.rounds > 1:
+            print()
+            for line in summarise(rounds):
+                print(line)
     return 0
+
+
+def run_round(parser: argparse.ArgumentParser, opts: argparse.Namespace, workdir: Path,
+              ntpload: Path, names: list[str]) -> list[dict]:  # fmt: skip
+    """Each server of ``names`` in turn under the same load; their rows."""
+    rows: list[dict] = []
+    for name in names:
+        if name == "stratum1":
+            spec = stratum1_spec(workdir, PORTS["stratum1"], opts.stratum1_arg)
+        elif name == "bare":
+            spec = bare_spec(PORTS["bare"], opts.tx_chunk, opts.workers)
+        elif name == "chronyd":
+            binary = find_chronyd()
+            if binary is None:
+                rows.append({"name": name, "error": "chronyd not found"})
+                continue
+            spec = chronyd_spec(workdir, PORTS["chronyd"], binary)
+        elif name == "ntpd":
+            binary = shutil.which("ntpd")
+            if binary is None:
+                rows.append({"name": name, "error": "ntpd not found"})
+                continue
+            spec = ntpd_spec(workdir, binary)
+        else:
+            parser.error(f"unknown server {name!r}")
+        print(f"-- {spec.name} ({spec.note}) on {HOST}:{spec.port}", flush=True)
+        row = bench_server(spec, ntpload, opts, workdir / f"{spec.name}.log")
+        if "error" in row:
+            print(f"   {row['error']}", flush=True)
+            log = workdir / f"{spec.name}.log"
+            if log.exists():
+                print(log.read_text()[-2000:])
+        else:
+            print(f"   {row['rps']:,.0f} resp/s, {row['cpu_us']:.2f} µs CPU/resp, "
+                  f"sat p99 {row['sat_p99']:.0f} µs, offset p99 {row['sat_off']['p99abs']:.2f}"
+                  " µs", flush=True)  # fmt: skip
+        rows.append(row)
+    return rows
 
 
 if __name__ == "__main__":

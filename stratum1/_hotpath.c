@@ -1,25 +1,28 @@
 /* The serving hot path in C: classify a recvmmsg batch, and build, stamp and send replies.
  *
  * Works on the struct mmsghdr vector of a stratum1.netio.MmsgBatch (its address is passed in).
- * Python keeps every decision that needs state (restrict, rate limiting, the MRU list,
- * anything but a plain client request); this module does the per-datagram arithmetic that
- * costs Python (numpy included) about 2 us per reply:
+ * Python keeps every decision but one (restrict, the MRU list's entries, anything but a
+ * plain client request); this module does the per-datagram arithmetic that costs Python
+ * (numpy included) about 2 us per reply, and the rate limits of requests from addresses the
+ * MRU list already holds:
  *
  *   scan(hdrs, count, ok_first, want_lists)
  *       -> (mask, rows, versions, rx_ns, starts, senders)
  *          mask[i] = 1 for a plain client request:
  *          48 bytes, a first byte that ok_first allows (mode 3, a version we answer), and a
  *          software receive stamp; rows/versions/rx_ns list those slots, starts the
- *          positions in rows where a run of requests from one client begins: a new host
- *          (address without port), or a change between port 123 and any other; senders the
- *          address tuple of each run's last request (whose port the MRU entry keeps). The
- *          lists are None unless want_lists.
+ *          positions in rows where the sender (address and port) changes, senders the
+ *          address tuple of each of those runs (the lists are None unless want_lists).
  *   reply_each(fd, hdrs, count, mask, by_first, by_poll, word1, word2)
  *       -> (replied, sent, failed, version4, version1)   turns every masked request into
  *          its reply in place (word 0 = by_first[byte 0] | by_poll[byte 2], words 1-2 given,
  *          origin = the request's transmit, receive = the kernel stamp rounded) and sends
  *          each alone, its transmit stamp read from CLOCK_REALTIME just before its own send
  *          and truncated, so never later than the send.
+ *   reset(hdrs, count, bufsize, namesize, ctrlsize)   the first count slots ready to receive
+ *          again (what recvmmsg and reply_each changed).
+ *   observe_runs(...)   stratum1.ratelimit.RateLimiter.observe_current_runs: the rate limits
+ *          of runs of requests from addresses whose MRU entries are current.
  *
  * A destination that refuses is skipped; a full send buffer (EAGAIN, ENOBUFS) sheds the rest.
  * Optional: without it stratum1 does the same in Python and numpy.
@@ -93,30 +96,6 @@ static int rx_stamp(struct msghdr *msg, int64_t *sec, int64_t *nsec)
         return (*sec != 0 || *nsec != 0) && *nsec >= 0 && *nsec < (int64_t)NS_PER_S;
     }
     return 0;
-}
-
-/* Whether two requests belong to one run for the access check: the same host (address
- * without port, as the MRU list keys it) and both or neither from port 123 (what
- * ``restrict ... ntpport`` tells apart). Other ports may differ: a run's MRU entry takes the
- * port of its last request, as a request at a time would leave it. */
-static int same_client(const struct msghdr *a, const struct msghdr *b)
-{
-    if (a->msg_namelen != b->msg_namelen || a->msg_namelen < sizeof(sa_family_t))
-        return 0;
-    const struct sockaddr *sa = a->msg_name, *sb = b->msg_name;
-    if (sa->sa_family != sb->sa_family)
-        return 0;
-    if (sa->sa_family == AF_INET && a->msg_namelen >= sizeof(struct sockaddr_in)) {
-        const struct sockaddr_in *x = a->msg_name, *y = b->msg_name;
-        return x->sin_addr.s_addr == y->sin_addr.s_addr &&
-               (x->sin_port == htons(123)) == (y->sin_port == htons(123));
-    }
-    if (sa->sa_family == AF_INET6 && a->msg_namelen >= sizeof(struct sockaddr_in6)) {
-        const struct sockaddr_in6 *x = a->msg_name, *y = b->msg_name;
-        return memcmp(&x->sin6_addr, &y->sin6_addr, sizeof x->sin6_addr) == 0 &&
-               (x->sin6_port == htons(123)) == (y->sin6_port == htons(123));
-    }
-    return memcmp(a->msg_name, b->msg_name, a->msg_namelen) == 0;
 }
 
 /* The sender of a received message as the socket module gives it: (host, port) for IPv4,
@@ -222,7 +201,8 @@ static PyObject *scan(PyObject *self, PyObject *args)
         if (!fast || !want_lists)
             continue;
         struct msghdr *msg = &m->msg_hdr;
-        if (previous == NULL || !same_client(previous, msg)) {
+        if (previous == NULL || previous->msg_namelen != msg->msg_namelen ||
+            memcmp(previous->msg_name, msg->msg_name, msg->msg_namelen) != 0) {
             PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(rows));
             int failed = at == NULL || PyList_Append(starts, at) < 0;
             Py_XDECREF(at);
@@ -318,12 +298,215 @@ done:
     return result;
 }
 
+/* Make the first count slots ready for the next recvmmsg: buffer, name and control lengths. */
+static PyObject *reset(PyObject *self, PyObject *args)
+{
+    unsigned long long address;
+    Py_ssize_t count, bufsize, namesize, ctrlsize;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "Knnnn", &address, &count, &bufsize, &namesize, &ctrlsize))
+        return NULL;
+    if (!check_count(count))
+        return NULL;
+    struct mmsghdr *hdrs = hdrs_from(address);
+    for (Py_ssize_t i = 0; i < count; i++) {
+        hdrs[i].msg_hdr.msg_iov[0].iov_len = (size_t)bufsize;
+        hdrs[i].msg_hdr.msg_namelen = (socklen_t)namesize;
+        hdrs[i].msg_hdr.msg_controllen = (size_t)ctrlsize;
+    }
+    Py_RETURN_NONE;
+}
+
+/* -- the rate limiter's steady state (stratum1.ratelimit.RateLimiter.observe_run) -------- */
+
+#define MODE_CLIENT 3
+
+static PyObject *name_generation, *name_from_ntp_port, *name_restrict_flags, *name_last_ns,
+    *name_leak, *name_flags, *name_port, *name_count, *name_mode, *name_version;
+
+static int get_ll(PyObject *obj, PyObject *name, long long *out)
+{
+    PyObject *value = PyObject_GetAttr(obj, name);
+    if (value == NULL)
+        return -1;
+    *out = PyLong_AsLongLong(value);
+    Py_DECREF(value);
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+static int set_ll(PyObject *obj, PyObject *name, long long v)
+{
+    PyObject *value = PyLong_FromLongLong(v);
+    if (value == NULL)
+        return -1;
+    int failed = PyObject_SetAttr(obj, name, value);
+    Py_DECREF(value);
+    return failed;
+}
+
+static int item_ll(PyObject *list, Py_ssize_t i, long long *out)
+{
+    *out = PyLong_AsLongLong(PyList_GET_ITEM(list, i));
+    return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
+}
+
+/* One run of time requests from an address whose MRU entry is current: ntpd's rate limits
+ * applied request by request, exactly as RateLimiter.observe_run does. */
+static int observe_one_run(PyObject *entry, PyObject *host, long long port, PyObject *move,
+                           PyObject *versions, PyObject *times, Py_ssize_t start,
+                           Py_ssize_t stop, long long flags, const long long *p,
+                           long long *over, long long *final_flags, PyObject *limited)
+{
+    /* p: head, limit, minimum, limited_bit, kod_bit, douse */
+    long long head = p[0], limit = p[1], minimum = p[2], limited_bit = p[3], kod_bit = p[4];
+    long long douse = flags & p[5], nokod = flags & ~kod_bit;
+    long long last, leak, entry_flags, count, version;
+    if (get_ll(entry, name_last_ns, &last) < 0 || get_ll(entry, name_leak, &leak) < 0 ||
+        get_ll(entry, name_flags, &entry_flags) < 0 || get_ll(entry, name_count, &count) < 0 ||
+        item_ll(versions, stop - 1, &version) < 0)
+        return -1;
+    for (Py_ssize_t k = start; k < stop; k++) {
+        long long now;
+        if (item_ll(times, k, &now) < 0)
+            return -1;
+        /* Whole seconds, rounded; a step backwards is no headway (clamped, so C's division
+         * toward zero and Python's floor agree). */
+        long long interval = (now - last + (long long)(NS_PER_S / 2)) / (long long)NS_PER_S;
+        if (interval < 0)
+            interval = 0;
+        last = now;
+        leak -= interval;
+        if (leak < 0)
+            leak = 0;
+        if (interval + 1 >= minimum && leak + head < limit) {
+            leak += head - 2;
+            entry_flags = douse;
+            continue;
+        }
+        if (leak < limit) {
+            leak = limit + head;
+            entry_flags = flags;
+        } else {
+            entry_flags = nokod;
+        }
+        (*over)++;
+        if (flags & limited_bit) {
+            PyObject *pair = Py_BuildValue("(nL)", k, entry_flags);
+            int failed = pair == NULL || PyList_Append(limited, pair) < 0;
+            Py_XDECREF(pair);
+            if (failed)
+                return -1;
+        }
+    }
+    if (set_ll(entry, name_last_ns, last) < 0 || set_ll(entry, name_leak, leak) < 0 ||
+        set_ll(entry, name_flags, entry_flags) < 0 || set_ll(entry, name_port, port) < 0 ||
+        set_ll(entry, name_count, count + (stop - start)) < 0 ||
+        set_ll(entry, name_mode, MODE_CLIENT) < 0 || set_ll(entry, name_version, version) < 0)
+        return -1;
+    PyObject *moved = PyObject_CallOneArg(move, host);
+    if (moved == NULL)
+        return -1;
+    Py_DECREF(moved);
+    *final_flags = entry_flags;
+    return 0;
+}
+
+static PyObject *observe_runs(PyObject *self, PyObject *args)
+{
+    PyObject *entries, *move, *senders, *starts, *versions, *times;
+    long long generation, p[6], refused;
+    int ntpport;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "O!OO!O!O!O!LpLLLLLLL", &PyDict_Type, &entries, &move,
+                          &PyList_Type, &senders, &PyList_Type, &starts, &PyList_Type,
+                          &versions, &PyList_Type, &times, &generation, &ntpport, &p[0],
+                          &p[1], &p[2], &refused, &p[3], &p[4], &p[5]))
+        return NULL;
+    Py_ssize_t runs = PyList_GET_SIZE(starts), total = PyList_GET_SIZE(times);
+    if (PyList_GET_SIZE(senders) != runs || PyList_GET_SIZE(versions) != total) {
+        PyErr_SetString(PyExc_ValueError, "senders/starts or versions/times differ in length");
+        return NULL;
+    }
+    PyObject *limited = PyList_New(0);
+    if (limited == NULL)
+        return NULL;
+    long long checked = 0, over = 0, final_flags = -1;
+    Py_ssize_t j = 0;
+    for (; j < runs; j++) {
+        long long start, stop = total;
+        if (item_ll(starts, j, &start) < 0 || (j + 1 < runs && item_ll(starts, j + 1, &stop) < 0))
+            goto fail;
+        if (start < 0 || stop > total || start >= stop) {
+            PyErr_SetString(PyExc_ValueError, "starts must rise within the batch");
+            goto fail;
+        }
+        PyObject *sender = PyList_GET_ITEM(senders, j);
+        if (!PyTuple_Check(sender) || PyTuple_GET_SIZE(sender) < 2) {
+            PyErr_SetString(PyExc_TypeError, "a sender is a (host, port, ...) tuple");
+            goto fail;
+        }
+        PyObject *host = PyTuple_GET_ITEM(sender, 0);
+        long long port = PyLong_AsLongLong(PyTuple_GET_ITEM(sender, 1));
+        if (port == -1 && PyErr_Occurred())
+            goto fail;
+        PyObject *entry = PyDict_GetItemWithError(entries, host);
+        if (entry == NULL) {
+            if (PyErr_Occurred())
+                goto fail;
+            break; /* a new address: Python makes its entry */
+        }
+        Py_INCREF(entry);
+        long long entry_generation, from_ntp_port = 0, flags;
+        int ok = get_ll(entry, name_generation, &entry_generation) == 0 &&
+                 (!ntpport || get_ll(entry, name_from_ntp_port, &from_ntp_port) == 0) &&
+                 get_ll(entry, name_restrict_flags, &flags) == 0;
+        if (!ok) {
+            Py_DECREF(entry);
+            goto fail;
+        }
+        /* A stale table lookup, flags decided otherwise (refused, per request) or a version
+         * outside 1-4 (which the per-request check refuses or counts): Python. */
+        int plain = 1;
+        for (Py_ssize_t k = (Py_ssize_t)start; k < (Py_ssize_t)stop && plain; k++) {
+            long long version;
+            if (item_ll(versions, k, &version) < 0) {
+                Py_DECREF(entry);
+                goto fail;
+            }
+            plain = version >= 1 && version <= 4;
+        }
+        if (!plain || entry_generation != generation ||
+            (ntpport && (port == 123) != !!from_ntp_port) || (flags & refused)) {
+            Py_DECREF(entry);
+            break;
+        }
+        int failed = observe_one_run(entry, host, port, move, versions, times, (Py_ssize_t)start,
+                                     (Py_ssize_t)stop, flags, p, &over, &final_flags, limited);
+        Py_DECREF(entry);
+        if (failed)
+            goto fail;
+        checked += stop - start;
+    }
+    PyObject *result = Py_BuildValue("(nLLLO)", j, checked, over, final_flags, limited);
+    Py_DECREF(limited);
+    return result;
+fail:
+    Py_DECREF(limited);
+    return NULL;
+}
+
 static PyMethodDef methods[] = {
     {"scan", scan, METH_VARARGS,
      "scan(hdrs, count, ok_first, want_lists) -> (mask, rows, versions, rx_ns, starts, senders)"},
     {"reply_each", reply_each, METH_VARARGS,
      "reply_each(fd, hdrs, count, mask, by_first, by_poll, word1, word2)"
      " -> (replied, sent, failed, version4, version1)"},
+    {"reset", reset, METH_VARARGS,
+     "reset(hdrs, count, bufsize, namesize, ctrlsize): slots ready for the next recvmmsg"},
+    {"observe_runs", observe_runs, METH_VARARGS,
+     "observe_runs(entries, move_to_end, senders, starts, versions, times, generation,"
+     " ntpport, head, limit, minimum, refused, limited_bit, kod_bit, douse)"
+     " -> (runs_done, checked, over_limit, last_flags, limited)"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -335,5 +518,18 @@ static struct PyModuleDef module = {
 
 PyMODINIT_FUNC PyInit__hotpath(void)
 {
+    struct {
+        PyObject **slot;
+        const char *text;
+    } names[] = {
+        {&name_generation, "generation"}, {&name_from_ntp_port, "from_ntp_port"},
+        {&name_restrict_flags, "restrict_flags"}, {&name_last_ns, "last_ns"},
+        {&name_leak, "leak"}, {&name_flags, "flags"}, {&name_port, "port"},
+        {&name_count, "count"}, {&name_mode, "mode"}, {&name_version, "version"},
+    };
+    for (size_t i = 0; i < sizeof names / sizeof names[0]; i++) {
+        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].text)) == NULL)
+            return NULL;
+    }
     return PyModule_Create(&module);
 }

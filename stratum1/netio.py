@@ -323,6 +323,7 @@ class MmsgBatch:
         # The first 8 bytes of a sockaddr_in (family, port, address) name an IPv4 sender
         # exactly: a key for a cache of decoded addresses. (IPv6 senders are decoded each time.)
         self._name_key = self.names[:, :8].view(np.uint64)[:, 0]
+        self._name_words = self.names.view(np.uint64)
         self._sender_family: int | None = None
         self._addr_cache: dict[int, tuple] = {}
         self.reset(capacity)
@@ -334,6 +335,9 @@ class MmsgBatch:
 
     def reset(self, count: int) -> None:
         """Make the first ``count`` slots ready to receive again."""
+        if hotpath is not None:
+            hotpath.reset(self._hdr_at, count, self.bufsize, _NAMESIZE, _CTRLSIZE)
+            return
         self._iovlen[:count] = self.bufsize
         self._namelen[:count] = _NAMESIZE
         self._controllen[:count] = _CTRLSIZE
@@ -390,10 +394,8 @@ class MmsgBatch:
         return out
 
     def run_starts(self, rows: Any) -> list[int]:
-        """Where a run of requests from one client begins along the slots ``rows`` (an index
-        array): the positions in ``rows`` where the host (address without port) changes, or
-        the source port changes between 123 and another (what ``restrict ... ntpport`` tells
-        apart). The same rule as the compiled ``scan``."""
+        """Where the senders change along the slots ``rows`` (an index array): the positions
+        in ``rows`` that start a run of datagrams from one sender (address and port)."""
         n = len(rows)
         if n < 2:
             return [0] if n else []
@@ -401,15 +403,13 @@ class MmsgBatch:
         if family is None:
             # A socket receives from one address family only (IPv6 sockets are v6-only).
             family = self._sender_family = self._family(rows.item(0))
-        names = self.names[rows]
-        ntp_port = (names[:, 2] == 0) & (names[:, 3] == 123)
         if family == socket.AF_INET:
-            hosts = names[:, 4:8].view("u4")[:, 0]
-            change = hosts[1:] != hosts[:-1]
+            # A sockaddr_in is all in its first 8 bytes; the socket has one family.
+            keys = self._name_key[rows]
+            change = keys[1:] != keys[:-1]
         else:
-            hosts = names[:, 8:24].view("u8")
-            change = (hosts[1:] != hosts[:-1]).any(axis=1)
-        change |= ntp_port[1:] != ntp_port[:-1]
+            names = self._name_words[rows]
+            change = (names[1:] != names[:-1]).any(axis=1)
         starts = (change.nonzero()[0] + 1).tolist()
         starts.insert(0, 0)
         return starts

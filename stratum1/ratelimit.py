@@ -13,6 +13,11 @@ from dataclasses import dataclass
 
 from .config.model import Discard, Mru
 
+try:  # the compiled steady state of observe_run (stratum1/_hotpath.c); the same without it
+    from ._hotpath import observe_runs as _compiled_observe_runs
+except ImportError:  # pragma: no cover - depends on how the package was built
+    _compiled_observe_runs = None
+
 NS = 1_000_000_000
 _HALF = NS // 2
 #: ntpd's NTP_SHIFT: the average headway budget is this many increments.
@@ -134,8 +139,11 @@ class RateLimiter:
     """
 
     def __init__(self, limits: MruLimits | None = None, *,
-                 rng: Callable[[], float] = random.random) -> None:  # fmt: skip
+                 rng: Callable[[], float] = random.random, compiled: bool = True) -> None:  # fmt: skip
+        """``compiled``: let ``observe_current_runs`` use the compiled loop where it is built
+        (off: Python does it all, as tests compare)."""
         self.limits = limits or MruLimits()
+        self._observe_runs = _compiled_observe_runs if compiled else None
         self._rng = rng
         self._entries: OrderedDict[str, MruEntry] = OrderedDict()
         #: The entry of an address, or None (the dict's own lookup: no Python frame per call).
@@ -280,6 +288,29 @@ class RateLimiter:
         entry.version = versions[stop - 1]
         self._entries.move_to_end(entry.address)
         self.stats.limited += limited
+
+    def observe_current_runs(self, addresses: list[tuple], starts: list[int],
+                             versions: list[int], times: list[int], generation: int,
+                             ntpport: bool, defer: int) -> tuple[int, int, int, list]:  # fmt: skip
+        """``observe_run`` for the runs of a batch of time requests (as
+        ``AccessControl.check_clients`` takes them), from the first for as long as each run
+        is of versions 1-4 and its address has an entry whose cached restrict flags are
+        current (looked up in table ``generation``, and for the run's port-123-ness when the
+        table has ``ntpport`` entries) and hold none of the ``defer`` bits; the rest is the
+        caller's.
+
+        Returns (runs done, requests in them, the last entry's flags or -1, [(k, flags)] for
+        each request over the limits in runs whose flags have LIMITED). Done by the compiled
+        loop; without it, nothing is done here (0 runs)."""
+        fast = self._observe_runs
+        if fast is None or type(addresses) is not list or type(times) is not list:
+            return 0, 0, -1, []
+        entries = self._entries
+        done, checked, over, last, limited = fast(
+            entries, entries.move_to_end, addresses, starts, versions, times, generation,
+            ntpport, self._head, self._limit, self._minimum, defer, LIMITED, KOD, _DOUSE)  # fmt: skip
+        self.stats.limited += over
+        return done, checked, last, limited
 
     def _insert(self, address: str, port: int, mode: int, version: int, now_ns: int,
                 restrict_flags: int, generation: int, family: int, value: int) -> int:  # fmt: skip

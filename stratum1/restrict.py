@@ -508,9 +508,8 @@ class AccessControl:
         """Decide for a batch of plain time requests (mode 3, 48 bytes: no MAC), in arrival
         order: request ``k`` was received at ``times[k]`` (Unix ns) with ``versions[k]``;
         requests ``starts[j]`` up to ``starts[j + 1] - 1`` (the last run: to the end) came
-        from the host of ``addresses[j]`` (host, port, ...), either all from port 123 or none,
-        and ``addresses[j]`` is the last one's (only the last port of a run is kept). Returns
-        the decisions that are not SERVE, by request index.
+        from ``addresses[j]`` (host, port, ...). Returns the decisions that are not SERVE, by
+        request index.
 
         The same decisions, MRU list, counters and ``last_flags`` as one ``check`` per request
         in that order; but the table lookup is cached per address until the table changes,
@@ -530,8 +529,27 @@ class AccessControl:
             self._flags_cache.clear()
             self._cache_generation = generation
         cache = self._flags_cache
+        if limiter is not None:
+            # Runs of versions 1-4 from addresses whose entries are current: the compiled
+            # loop, where built.
+            done, checked, last, limited = limiter.observe_current_runs(
+                addresses, starts, versions, times, generation, ntpport, _REFUSED | _PER_REQUEST)  # fmt: skip
+            if done:
+                stats.checked += checked
+                self.last_flags = last
+                for i, got in limited:
+                    stats.limited += 1
+                    if got & _KOD:
+                        stats.kod += 1
+                        out[i] = Decision.KOD
+                    else:
+                        out[i] = Decision.DROP
+                if done == len(starts):
+                    return out
+                addresses, starts = addresses[done:], starts[done:]
         # Anything but versions 1-4 takes the per-request path (which knows what to refuse).
-        plain = min(versions) >= 1 and max(versions) <= _NTP_VERSION
+        rest = versions[starts[0]:]
+        plain = min(rest) >= 1 and max(rest) <= _NTP_VERSION
         stops = list(starts[1:])
         stops.append(total)
         for address, start, stop in zip(addresses, starts, stops, strict=True):

@@ -76,9 +76,8 @@ KOD = "kod"  # answer a client request with a RATE kiss-o'-death instead of the 
 #: Given the sender's address and the packet's mode, return SERVE, DROP or KOD.
 AccessCheck = Callable[[Address, int, int, int, bool], str]
 #: The batched access check for plain client requests (mode 3, 48 bytes, versions 1-4): given
-#: each run's address (runs are from one host, all or none from port 123; the address is the
-#: run's last request's), where the runs start, each request's version and receive time,
-#: return the verdicts that are not SERVE by request index
+#: the senders of each run of requests, where the runs start, each request's version and
+#: receive time, return the verdicts that are not SERVE by request index
 #: (``stratum1.restrict.AccessControl.check_clients``).
 ClientsCheck = Callable[[list, list, list, list], "dict[int, str]"]
 
@@ -396,7 +395,7 @@ class NtpServer:
             return
         limit = self._max_batch
         if self._batch is not None:
-            if self._busy:
+            if self._busy or self._compiled:
                 self._handle_batch(sock, self._batch)
                 return
             # Quiet: plain recvmsg is cheaper than arrays; a full round means load came back.
@@ -447,10 +446,14 @@ class NtpServer:
             return
         try:
             if count < _SMALL_BATCH:
-                # Load dropped: setting up arrays costs more than it saves; go back to plain.
+                # Load dropped: numpy arrays cost more than they save, so plain reads take
+                # over; the compiled path answers any count (its transmit stamps are read in
+                # C right before each send) and reads this way throughout.
                 self._busy = False
-                self._batch_slow_path(sock, mm, range(count), {})
-            elif self._compiled:
+                if not self._compiled:
+                    self._batch_slow_path(sock, mm, range(count), {})
+                    return
+            if self._compiled:
                 self._answer_batch_compiled(sock, mm, count)
             else:
                 self._answer_batch(sock, mm, count)
@@ -534,20 +537,16 @@ class NtpServer:
                         versions: list[int], rx_ns: list[int], starts: list[int],
                         senders: list[tuple] | None = None) -> dict[int, str]:  # fmt: skip
         """The access check of a batch's plain client requests (in slots ``rows``, the
-        positions in ``starts`` beginning each run from one client, as ``scan`` and
-        ``MmsgBatch.run_starts`` find them; ``senders``: each run's last address, if known):
-        refused slot -> verdict."""
+        positions in ``starts`` beginning each run from one sender; ``senders``: their
+        addresses, if known): refused slot -> verdict."""
         import numpy as np
 
         verdicts: dict[int, str] = {}
         clients = self._clients_check(access)
         if clients is not None:
-            # One call decides the batch; a run is named by its last request's address
-            # (whose port the MRU entry keeps, as a request at a time would leave it).
+            # One call decides the batch; runs from one sender share the address.
             if senders is None:
-                lasts = [rows[k - 1] for k in starts[1:]]
-                lasts.append(rows[-1])
-                senders = mm.addresses(np.array(lasts, dtype=np.intp))
+                senders = mm.addresses(np.array([rows[k] for k in starts], dtype=np.intp))
             for k, verdict in clients(senders, starts, versions, rx_ns).items():
                 verdicts[rows[k]] = verdict
             return verdicts

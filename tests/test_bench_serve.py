@@ -61,3 +61,25 @@ def test_bare_spec_and_cpu_of_a_process_tree():
     finally:
         child.stdin.close()
         child.wait(timeout=10)
+
+
+def test_rounds_alternate_the_order_and_pair_the_ratios():
+    assert serve.round_order(["a", "b", "c"], 0) == ["a", "b", "c"]
+    assert serve.round_order(["a", "b", "c"], 1) == ["c", "b", "a"]
+    assert serve.round_order(["a", "b", "c"], 2) == ["a", "b", "c"]
+
+    def row(cpu, off):
+        return {"cpu_us": cpu, "sat_off": {"p99abs": off}}
+
+    rounds = [
+        {"stratum1": row(5.0, 4.0), "chronyd": row(5.0, 2.0)},
+        {"chronyd": row(4.0, 1.0), "stratum1": row(4.4, 12.0)},
+        {"stratum1": row(3.0, 3.0), "chronyd": {"name": "chronyd", "error": "not found"}},
+    ]
+    stratum1, chronyd = serve.summarise(rounds)
+    assert stratum1.startswith("stratum1: CPU µs/resp median 4.40 (3.00-5.00)")
+    assert "offset p99 at saturation median 4.00 µs (3.00-12.00), 3 round(s)" in stratum1
+    # Paired by round (round 3 has no chronyd): ratios 1.00 and 1.10.
+    assert "median 1.00 (1.00-1.10, at or below in 1 of 2)" in stratum1
+    assert chronyd == ("chronyd: CPU µs/resp median 4.00 (4.00-5.00), offset p99 at "
+                       "saturation median 1.00 µs (1.00-2.00), 2 round(s)")  # fmt: skip

@@ -3,9 +3,11 @@ KoD pacing, and the MRU list's bounds and ageing."""
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from stratum1 import ratelimit
 from stratum1.config.model import Discard, Mru
 from stratum1.ratelimit import ENTRY_BYTES, KOD, LIMITED, MruLimits, RateLimiter
 
@@ -242,3 +244,66 @@ def test_observe_run_is_observe_in_a_row(gaps: list[int], minimum: int, flags: i
         assert got == want
     else:
         assert one.stats.limited == run.stats.limited
+
+
+_needs_compiled = pytest.mark.skipif(ratelimit._compiled_observe_runs is None,
+                                     reason="the compiled hot path was not built")  # fmt: skip
+
+
+@_needs_compiled
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, S // 10, S // 2 - 1, S // 2, S, 3 * S, -S]), min_size=1,
+                max_size=40),
+       st.integers(0, 3), st.sampled_from([0, LIMITED, LIMITED_KOD]), st.integers(0, 100))
+def test_compiled_runs_are_observe_in_a_row(gaps: list[int], minimum: int, flags: int,
+                                            leak: int) -> None:  # fmt: skip
+    limits = MruLimits(minimum=minimum)
+    one, run = RateLimiter(limits, compiled=False), RateLimiter(limits)
+    for limiter in (one, run):
+        limiter.observe("192.0.2.1", 123, 3, 4, T0, flags)
+        limiter.observe("192.0.2.9", 123, 3, 4, T0, flags)  # another entry, now the newest
+        limiter.get("192.0.2.1").leak = leak  # type: ignore[union-attr]
+    times, now = [], T0
+    for gap in gaps:
+        now += gap
+        times.append(now)
+    versions = [4 - k % 2 for k in range(len(times))]
+    results = [one.observe("192.0.2.1", 40000, 3, v, t, flags)
+               for v, t in zip(versions, times, strict=True)]  # fmt: skip
+    done, checked, last, limited = run.observe_current_runs(
+        [("192.0.2.1", 40000)], [0], versions, times, 0, False, 0)  # fmt: skip
+    assert (done, checked, last) == (1, len(times), results[-1])
+    assert limited == ([(k, f) for k, f in enumerate(results) if f & LIMITED] if flags else [])
+    fields = ("port", "first_ns", "last_ns", "count", "flags", "mode", "version", "leak")
+    a, b = one.get("192.0.2.1"), run.get("192.0.2.1")
+    assert [getattr(a, f) for f in fields] == [getattr(b, f) for f in fields]
+    assert [e.address for e in one.entries()] == [e.address for e in run.entries()]
+    assert one.stats == run.stats
+
+
+@_needs_compiled
+def test_compiled_runs_stop_where_python_must_decide() -> None:
+    limiter = RateLimiter()
+    limiter.observe("192.0.2.1", 40000, 3, 4, T0, LIMITED, generation=5)
+    limiter.observe("192.0.2.2", 40000, 3, 4, T0, LIMITED, generation=4)  # an older table
+    limiter.observe("192.0.2.3", 40000, 3, 4, T0, LIMITED | 0x0001, generation=5)
+    times = [T0 + S * 10 + k for k in range(4)]
+    senders = [("192.0.2.1", 1), ("192.0.2.7", 2), ("192.0.2.1", 3)]
+    # The second run's address has no entry yet: only the first run is done here.
+    assert limiter.observe_current_runs(senders, [0, 2, 3], [4] * 4, times, 5, False, 0)[:2] \
+        == (1, 2)  # fmt: skip
+    assert limiter.get("192.0.2.1").count == 3  # type: ignore[union-attr]
+    stale = [("192.0.2.2", 1)]
+    assert limiter.observe_current_runs(stale, [0], [4], times[:1], 5, False, 0)[0] == 0
+    # A version outside 1-4 is the per-request check's to refuse or count.
+    assert limiter.observe_current_runs(senders[:1], [0], [5], times[:1], 5, False, 0)[0] == 0
+    deferred = [("192.0.2.3", 1)]
+    assert limiter.observe_current_runs(deferred, [0], [4], times[:1], 5, False, 0x0001)[0] == 0
+    assert limiter.observe_current_runs(deferred, [0], [4], times[:1], 5, False, 0)[0] == 1
+    # With ntpport entries in the table, the entry's lookup must be for the same kind of port.
+    assert limiter.observe_current_runs([("192.0.2.1", 123)], [0], [4], times[3:], 5, True,
+                                        0)[0] == 0  # fmt: skip
+    assert limiter.observe_current_runs([("192.0.2.1", 9)], [0], [4], times[3:], 5, True,
+                                        0)[0] == 1  # fmt: skip
+    assert RateLimiter(compiled=False).observe_current_runs(senders, [0, 2, 3], [4] * 4, times,
+                                                            5, False, 0)[0] == 0  # fmt: skip

@@ -465,7 +465,8 @@ _tables = st.lists(
 )  # fmt: skip
 
 
-def _build(rules: list, monitor: bool, depth: int, seed: int) -> AccessControl:
+def _build(rules: list, monitor: bool, depth: int, seed: int,
+           compiled: bool = True) -> AccessControl:  # fmt: skip
     import random
 
     t = RestrictTable()
@@ -476,7 +477,8 @@ def _build(rules: list, monitor: bool, depth: int, seed: int) -> AccessControl:
         mask = "255.255.255.0" if address == "192.0.2.0" else None
         t.add_entry(entry(address, *sorted(names_), mask=mask))
     limits = MruLimits(mindepth=depth, maxdepth=depth + 1, maxage=2, average=3, minimum=2)
-    limiter = RateLimiter(limits, rng=random.Random(seed).random) if monitor else None
+    limiter = (RateLimiter(limits, rng=random.Random(seed).random, compiled=compiled)
+               if monitor else None)  # fmt: skip
     return AccessControl(t, limiter, rng=random.Random(seed + 1).random)
 
 
@@ -488,28 +490,23 @@ def _state(a: AccessControl) -> tuple:
 
 
 def _runs(batch: list[tuple]) -> tuple[list[tuple], list[int]]:
-    """Runs as the server finds them: one host, all or none from port 123, other ports mixed;
-    each named by its last request's address."""
-    addresses: list[tuple] = []
-    starts: list[int] = []
+    addresses, starts = [], []
     for k, (host, port, *_rest) in enumerate(batch):
-        same = (addresses and addresses[-1][0] == host
-                and (addresses[-1][1] == 123) == (port == 123))  # fmt: skip
-        if not same or k % 7 == 3:  # k % 7: runs need not be maximal
-            addresses.append((host, port))
+        if not addresses or addresses[-1] != (host, port) or k % 7 == 3:
+            addresses.append((host, port))  # k % 7: runs need not be maximal
             starts.append(k)
-        else:
-            addresses[-1] = (host, port)
     return addresses, starts
 
 
+@pytest.mark.parametrize("compiled", [False, True], ids=["python", "compiled"])
 @settings(max_examples=300, deadline=None)
 @given(_requests, _tables, _tables, st.booleans(), st.integers(0, 3), st.integers(0, 99))
 def test_check_clients_decides_exactly_as_check_per_request(
-    requests: list, rules: list, reload_rules: list, monitor: bool, depth: int, seed: int
+    compiled: bool, requests: list, rules: list, reload_rules: list, monitor: bool, depth: int,
+    seed: int,
 ) -> None:
     single = _build(rules, monitor, depth, seed)
-    batched = _build(rules, monitor, depth, seed)
+    batched = _build(rules, monitor, depth, seed, compiled)
     now = T0
     batch: list[tuple] = []
     reloaded = False
