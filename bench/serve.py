@@ -1,7 +1,7 @@
 """Serving benchmark (not a test): stratum1, chronyd and ntpsec's ntpd one after another under
 the same load generator, on loopback, server and generator pinned to different cores.
 
-    python bench/serve.py [--only stratum1,chronyd,ntpd] [--duration 5] [--workers N]
+    python bench/serve.py [--only stratum1,chronyd,ntpd] [--duration 5] [--workers N] [--rounds N]
 
 For each server it prints responses/s at saturation, server CPU µs per response, p50/p99 latency
 at light load and at saturation, loss, and the offset a client on this machine measures against
@@ -17,6 +17,7 @@ import os
 import select
 import shutil
 import socket
+import statistics
 import struct
 import subprocess
 import sys
@@ -457,16 +458,16 @@ def summarise(rounds: list[dict[str, dict]], reference: str = "chronyd") -> list
             continue
         cpu = [row["cpu_us"] for row in rows]
         off = [row["sat_off"]["p99abs"] for row in rows]
-        line = (f"{name}: CPU µs/resp median {percentile(cpu, 0.5):.2f} "
+        line = (f"{name}: CPU µs/resp median {statistics.median(cpu):.2f} "
                 f"({min(cpu):.2f}-{max(cpu):.2f}), offset p99 at saturation median "
-                f"{percentile(off, 0.5):.2f} µs ({min(off):.2f}-{max(off):.2f}), "
+                f"{statistics.median(off):.2f} µs ({min(off):.2f}-{max(off):.2f}), "
                 f"{len(rows)} round(s)")  # fmt: skip
         ratios = [r[name]["cpu_us"] / r[reference]["cpu_us"] for r in rounds
                   if name != reference and name in r and reference in r
                   and "error" not in r[name] and "error" not in r[reference]]  # fmt: skip
         if ratios:
             below = sum(1 for x in ratios if x <= 1.0)
-            line += (f"; CPU / {reference} in the same round: median {percentile(ratios, 0.5):.2f}"
+            line += (f"; CPU / {reference} in the same round: median {statistics.median(ratios):.2f}"
                      f" ({min(ratios):.2f}-{max(ratios):.2f}, at or below in {below} of "
                      f"{len(ratios)})")  # fmt: skip
         lines.append(line)
