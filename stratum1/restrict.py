@@ -537,13 +537,7 @@ class AccessControl:
             if done:
                 stats.checked += checked
                 self.last_flags = last
-                for i, got in limited:
-                    stats.limited += 1
-                    if got & _KOD:
-                        stats.kod += 1
-                        out[i] = Decision.KOD
-                    else:
-                        out[i] = Decision.DROP
+                self._decide_limited(limited, out)
                 if done == len(starts):
                     return out
                 addresses, starts = addresses[done:], starts[done:]
@@ -609,15 +603,21 @@ class AccessControl:
                 limiter.observe_run(entry, port, versions, times, k, stop, flags, limited)
                 self.last_flags = entry.flags
                 if limited:
-                    for i, got in limited:
-                        stats.limited += 1
-                        if got & _KOD:
-                            stats.kod += 1
-                            out[i] = Decision.KOD
-                        else:
-                            out[i] = Decision.DROP
+                    self._decide_limited(limited, out)
                 break
         return out
+
+    def _decide_limited(self, limited: list[tuple[int, int]], out: dict[int, Decision]) -> None:
+        """Requests over the limits, (index, flags) each: a KoD where the flags allow one,
+        else dropped; counted as ``check`` counts them."""
+        stats = self.stats
+        for i, got in limited:
+            stats.limited += 1
+            if got & _KOD:
+                stats.kod += 1
+                out[i] = Decision.KOD
+            else:
+                out[i] = Decision.DROP
 
     def flags_for(self, host: str, port: int = 0) -> int:
         """The table's flags for ``host`` without recording anything (associations: ``notrust``,

@@ -212,24 +212,39 @@ def test_memory_stays_bounded_under_a_spoofed_flood() -> None:
     assert len(limiter) <= 16 * 1024 // ENTRY_BYTES
 
 
-@settings(max_examples=200, deadline=None)
-@given(st.lists(st.sampled_from([0, 1, S // 10, S // 2 - 1, S // 2, S, 3 * S, -S]), max_size=40),
-       st.integers(0, 3), st.sampled_from([0, LIMITED, LIMITED_KOD]), st.integers(0, 100))
-def test_observe_run_is_observe_in_a_row(gaps: list[int], minimum: int, flags: int,
-                                         leak: int) -> None:  # fmt: skip
-    limits = MruLimits(minimum=minimum)
-    one, run = RateLimiter(limits), RateLimiter(limits)
-    for limiter in (one, run):
+def _twins(a: MruLimits, b: MruLimits, flags: int, leak: int,
+           compiled: bool = False) -> tuple[RateLimiter, RateLimiter]:  # fmt: skip
+    """Two limiters in the same state: 192.0.2.1 known with ``leak`` used, 192.0.2.9 newer;
+    the first always pure Python, the second compiled where built if ``compiled``."""
+    one, two = RateLimiter(a, compiled=False), RateLimiter(b, compiled=compiled)
+    for limiter in (one, two):
         limiter.observe("192.0.2.1", 123, 3, 4, T0, flags)
         limiter.observe("192.0.2.9", 123, 3, 4, T0, flags)  # another entry, now the newest
         limiter.get("192.0.2.1").leak = leak  # type: ignore[union-attr]
+    return one, two
+
+
+def _observed_one_by_one(limiter: RateLimiter, gaps: list[int],
+                         flags: int) -> tuple[list[int], list[int], list[int]]:  # fmt: skip
+    """Requests from 192.0.2.1:40000 ``gaps`` apart, each through ``observe``: their times,
+    versions and resulting flags."""
     times, now = [], T0
     for gap in gaps:
         now += gap
         times.append(now)
     versions = [4 - k % 2 for k in range(len(times))]
-    results = [one.observe("192.0.2.1", 40000, 3, v, t, flags)
+    results = [limiter.observe("192.0.2.1", 40000, 3, v, t, flags)
                for v, t in zip(versions, times, strict=True)]  # fmt: skip
+    return times, versions, results
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from([0, 1, S // 10, S // 2 - 1, S // 2, S, 3 * S, -S]), max_size=40),
+       st.integers(0, 3), st.sampled_from([0, LIMITED, LIMITED_KOD]), st.integers(0, 100))
+def test_observe_run_is_observe_in_a_row(gaps: list[int], minimum: int, flags: int,
+                                         leak: int) -> None:  # fmt: skip
+    one, run = _twins(MruLimits(minimum=minimum), MruLimits(minimum=minimum), flags, leak)
+    times, versions, results = _observed_one_by_one(one, gaps, flags)
     want = [(k, f) for k, f in enumerate(results) if f & LIMITED]
     got: list[tuple[int, int]] = []
     entry = run.get("192.0.2.1")
@@ -257,19 +272,9 @@ _needs_compiled = pytest.mark.skipif(ratelimit._compiled_observe_runs is None,
        st.integers(0, 3), st.sampled_from([0, LIMITED, LIMITED_KOD]), st.integers(0, 100))
 def test_compiled_runs_are_observe_in_a_row(gaps: list[int], minimum: int, flags: int,
                                             leak: int) -> None:  # fmt: skip
-    limits = MruLimits(minimum=minimum)
-    one, run = RateLimiter(limits, compiled=False), RateLimiter(limits)
-    for limiter in (one, run):
-        limiter.observe("192.0.2.1", 123, 3, 4, T0, flags)
-        limiter.observe("192.0.2.9", 123, 3, 4, T0, flags)  # another entry, now the newest
-        limiter.get("192.0.2.1").leak = leak  # type: ignore[union-attr]
-    times, now = [], T0
-    for gap in gaps:
-        now += gap
-        times.append(now)
-    versions = [4 - k % 2 for k in range(len(times))]
-    results = [one.observe("192.0.2.1", 40000, 3, v, t, flags)
-               for v, t in zip(versions, times, strict=True)]  # fmt: skip
+    one, run = _twins(MruLimits(minimum=minimum), MruLimits(minimum=minimum), flags, leak,
+                      compiled=True)  # fmt: skip
+    times, versions, results = _observed_one_by_one(one, gaps, flags)
     done, checked, last, limited = run.observe_current_runs(
         [("192.0.2.1", 40000)], [0], versions, times, 0, False, 0)  # fmt: skip
     assert (done, checked, last) == (1, len(times), results[-1])
