@@ -23,6 +23,10 @@
  *          again (what recvmmsg and reply_each changed).
  *   observe_runs(...)   stratum1.ratelimit.RateLimiter.observe_current_runs: the rate limits
  *          of runs of requests from addresses whose MRU entries are current.
+ *   serve_known(...)   scan + observe_runs + reply_each in one call, for as long as the runs
+ *          of plain requests come from such addresses; mask[i] = 2 marks the requests left
+ *          for Python (from the first run it could not decide), 0 those over the limits
+ *          (listed with their flags) or not plain, 1 those answered.
  *
  * A destination that refuses is skipped; a full send buffer (EAGAIN, ENOBUFS) sheds the rest.
  * Optional: without it stratum1 does the same in Python and numpy.
@@ -156,6 +160,22 @@ static int stamp_and_send(int fd, struct mmsghdr *m)
     return 0;
 }
 
+/* A plain client request: 48 bytes, a first byte that allowed[] lets through (mode 3, a
+ * version we answer) and a software receive stamp, returned in *sec, *nsec. */
+static int plain_request(struct mmsghdr *m, const unsigned char *allowed, int64_t *sec,
+                         int64_t *nsec)
+{
+    const unsigned char *data = m->msg_hdr.msg_iov[0].iov_base;
+    return m->msg_len == HEADER_LEN && !(m->msg_hdr.msg_flags & MSG_TRUNC) &&
+           allowed[data[0]] && rx_stamp(&m->msg_hdr, sec, nsec);
+}
+
+static int same_sender(const struct msghdr *a, const struct msghdr *b)
+{
+    return a->msg_namelen == b->msg_namelen &&
+           memcmp(a->msg_name, b->msg_name, a->msg_namelen) == 0;
+}
+
 static PyObject *scan(PyObject *self, PyObject *args)
 {
     unsigned long long address;
@@ -195,14 +215,12 @@ static PyObject *scan(PyObject *self, PyObject *args)
         struct mmsghdr *m = &hdrs[i];
         const unsigned char *data = m->msg_hdr.msg_iov[0].iov_base;
         int64_t sec = 0, nsec = 0;
-        int fast = m->msg_len == HEADER_LEN && !(m->msg_hdr.msg_flags & MSG_TRUNC) &&
-                   allowed[data[0]] && rx_stamp(&m->msg_hdr, &sec, &nsec);
+        int fast = plain_request(m, allowed, &sec, &nsec);
         flags[i] = (char)fast;
         if (!fast || !want_lists)
             continue;
         struct msghdr *msg = &m->msg_hdr;
-        if (previous == NULL || previous->msg_namelen != msg->msg_namelen ||
-            memcmp(previous->msg_name, msg->msg_name, msg->msg_namelen) != 0) {
+        if (previous == NULL || !same_sender(previous, msg)) {
             PyObject *at = PyLong_FromSsize_t(PyList_GET_SIZE(rows));
             int failed = at == NULL || PyList_Append(starts, at) < 0;
             Py_XDECREF(at);
@@ -240,40 +258,31 @@ done:
     return result;
 }
 
-static PyObject *reply_each(PyObject *self, PyObject *args)
+/* What replying to a batch's chosen requests did. */
+struct replies {
+    Py_ssize_t replied, sent, version4, version1;
+};
+
+/* Turn every request i with take[i] == 1 into its reply in place and send each alone with a
+ * fresh transmit stamp (see reply_each). */
+static void send_replies(int fd, struct mmsghdr *hdrs, Py_ssize_t count,
+                         const unsigned char *take, const uint64_t *first_words,
+                         const uint64_t *poll_words, uint64_t word1, uint64_t word2,
+                         struct replies *out)
 {
-    int fd;
-    unsigned long long address, word1, word2;
-    Py_ssize_t count;
-    Py_buffer mask, by_first, by_poll;
-    (void)self;
-    if (!PyArg_ParseTuple(args, "iKny*y*y*KK", &fd, &address, &count, &mask, &by_first,
-                          &by_poll, &word1, &word2))
-        return NULL;
-    PyObject *result = NULL;
-    if (!check_count(count))
-        goto done;
-    if (mask.len < count || by_first.len != 256 * 8 || by_poll.len != 256 * 8) {
-        PyErr_SetString(PyExc_ValueError, "mask shorter than count, or tables not 256 x 8 bytes");
-        goto done;
-    }
-    const unsigned char *take = mask.buf;
-    const uint64_t *first_words = by_first.buf, *poll_words = by_poll.buf;
-    struct mmsghdr *hdrs = hdrs_from(address);
-    Py_ssize_t replied = 0, sent = 0, version4 = 0, version1 = 0;
     int full = 0;
     for (Py_ssize_t i = 0; i < count; i++) {
-        if (!take[i])
+        if (take[i] != 1)
             continue;
         struct mmsghdr *m = &hdrs[i];
         unsigned char *buf = m->msg_hdr.msg_iov[0].iov_base;
         int64_t sec = 0, nsec = 0;
         if (m->msg_len != HEADER_LEN || !rx_stamp(&m->msg_hdr, &sec, &nsec))
             continue; /* scan would not have chosen it: counted as failed */
-        replied++;
+        out->replied++;
         int version = (buf[0] >> 3) & 0x07;
-        version4 += version == 4;
-        version1 += version == 1;
+        out->version4 += version == 4;
+        out->version1 += version == 1;
         if (full)
             continue; /* counted, not sent: the send buffer is full */
         uint64_t head = first_words[buf[0]] | poll_words[buf[2]];
@@ -286,11 +295,41 @@ static PyObject *reply_each(PyObject *self, PyObject *args)
         m->msg_hdr.msg_controllen = 0;
         int got = stamp_and_send(fd, m);
         if (got > 0)
-            sent++;
+            out->sent++;
         else if (got < 0)
             full = 1;
     }
-    result = Py_BuildValue("nnnnn", replied, sent, replied - sent, version4, version1);
+}
+
+static int check_tables(Py_ssize_t count, const Py_buffer *mask, const Py_buffer *by_first,
+                        const Py_buffer *by_poll)
+{
+    if ((mask != NULL && mask->len < count) || by_first->len != 256 * 8 ||
+        by_poll->len != 256 * 8) {
+        PyErr_SetString(PyExc_ValueError, "mask shorter than count, or tables not 256 x 8 bytes");
+        return 0;
+    }
+    return 1;
+}
+
+static PyObject *reply_each(PyObject *self, PyObject *args)
+{
+    int fd;
+    unsigned long long address, word1, word2;
+    Py_ssize_t count;
+    Py_buffer mask, by_first, by_poll;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKny*y*y*KK", &fd, &address, &count, &mask, &by_first,
+                          &by_poll, &word1, &word2))
+        return NULL;
+    PyObject *result = NULL;
+    if (!check_count(count) || !check_tables(count, &mask, &by_first, &by_poll))
+        goto done;
+    struct replies out = {0, 0, 0, 0};
+    send_replies(fd, hdrs_from(address), count, mask.buf, by_first.buf, by_poll.buf, word1,
+                 word2, &out);
+    result = Py_BuildValue("nnnnn", out.replied, out.sent, out.replied - out.sent,
+                           out.version4, out.version1);
 done:
     PyBuffer_Release(&mask);
     PyBuffer_Release(&by_first);
@@ -350,25 +389,30 @@ static int item_ll(PyObject *list, Py_ssize_t i, long long *out)
     return (*out == -1 && PyErr_Occurred()) ? -1 : 0;
 }
 
-/* One run of time requests from an address whose MRU entry is current: ntpd's rate limits
- * applied request by request, exactly as RateLimiter.observe_run does. */
+/* The limiter's parameters, as observe_runs and serve_known take them. */
+struct limits {
+    long long generation, head, limit, minimum, defer, limited_bit, kod_bit, douse;
+    int ntpport;
+};
+
+/* One run of n time requests (receive times and versions in arrival order, ids naming them in
+ * what is reported) from an address whose MRU entry is current: ntpd's rate limits applied
+ * request by request, exactly as RateLimiter.observe_run does. Requests over the limits add
+ * to *over and, where flags carry LIMITED, (id, flags) to limited. */
 static int observe_one_run(PyObject *entry, PyObject *host, long long port, PyObject *move,
-                           PyObject *versions, PyObject *times, Py_ssize_t start,
-                           Py_ssize_t stop, long long flags, const long long *p,
-                           long long *over, long long *final_flags, PyObject *limited)
+                           const long long *times, const long long *versions,
+                           const Py_ssize_t *ids, Py_ssize_t n, long long flags,
+                           const struct limits *lim, long long *over, long long *final_flags,
+                           PyObject *limited)
 {
-    /* p: head, limit, minimum, limited_bit, kod_bit, douse */
-    long long head = p[0], limit = p[1], minimum = p[2], limited_bit = p[3], kod_bit = p[4];
-    long long douse = flags & p[5], nokod = flags & ~kod_bit;
-    long long last, leak, entry_flags, count, version;
+    long long head = lim->head, limit = lim->limit, minimum = lim->minimum;
+    long long douse = flags & lim->douse, nokod = flags & ~lim->kod_bit;
+    long long last, leak, entry_flags, count;
     if (get_ll(entry, name_last_ns, &last) < 0 || get_ll(entry, name_leak, &leak) < 0 ||
-        get_ll(entry, name_flags, &entry_flags) < 0 || get_ll(entry, name_count, &count) < 0 ||
-        item_ll(versions, stop - 1, &version) < 0)
+        get_ll(entry, name_flags, &entry_flags) < 0 || get_ll(entry, name_count, &count) < 0)
         return -1;
-    for (Py_ssize_t k = start; k < stop; k++) {
-        long long now;
-        if (item_ll(times, k, &now) < 0)
-            return -1;
+    for (Py_ssize_t k = 0; k < n; k++) {
+        long long now = times[k];
         /* Whole seconds, rounded; a step backwards is no headway (clamped, so C's division
          * toward zero and Python's floor agree). */
         long long interval = (now - last + (long long)(NS_PER_S / 2)) / (long long)NS_PER_S;
@@ -390,8 +434,8 @@ static int observe_one_run(PyObject *entry, PyObject *host, long long port, PyOb
             entry_flags = nokod;
         }
         (*over)++;
-        if (flags & limited_bit) {
-            PyObject *pair = Py_BuildValue("(nL)", k, entry_flags);
+        if (flags & lim->limited_bit) {
+            PyObject *pair = Py_BuildValue("(nL)", ids[k], entry_flags);
             int failed = pair == NULL || PyList_Append(limited, pair) < 0;
             Py_XDECREF(pair);
             if (failed)
@@ -400,8 +444,8 @@ static int observe_one_run(PyObject *entry, PyObject *host, long long port, PyOb
     }
     if (set_ll(entry, name_last_ns, last) < 0 || set_ll(entry, name_leak, leak) < 0 ||
         set_ll(entry, name_flags, entry_flags) < 0 || set_ll(entry, name_port, port) < 0 ||
-        set_ll(entry, name_count, count + (stop - start)) < 0 ||
-        set_ll(entry, name_mode, MODE_CLIENT) < 0 || set_ll(entry, name_version, version) < 0)
+        set_ll(entry, name_count, count + n) < 0 || set_ll(entry, name_mode, MODE_CLIENT) < 0 ||
+        set_ll(entry, name_version, versions[n - 1]) < 0)
         return -1;
     PyObject *moved = PyObject_CallOneArg(move, host);
     if (moved == NULL)
@@ -411,25 +455,69 @@ static int observe_one_run(PyObject *entry, PyObject *host, long long port, PyOb
     return 0;
 }
 
+/* The MRU entry of host if this run may be decided here: it exists, its cached restrict flags
+ * are current (table generation; port-123-ness when the table has ntpport entries) and carry
+ * none of the deferred bits, and every version is 1-4. Returns 1 with a new reference in
+ * *entry and the flags in *flags, 0 if Python must decide, -1 on error. */
+static int usable_entry(PyObject *entries, PyObject *host, long long port,
+                        const long long *versions, Py_ssize_t n, const struct limits *lim,
+                        PyObject **entry, long long *flags)
+{
+    for (Py_ssize_t k = 0; k < n; k++) {
+        if (versions[k] < 1 || versions[k] > 4)
+            return 0;
+    }
+    PyObject *found = PyDict_GetItemWithError(entries, host);
+    if (found == NULL)
+        return PyErr_Occurred() ? -1 : 0;
+    Py_INCREF(found);
+    long long generation, from_ntp_port = 0;
+    if (get_ll(found, name_generation, &generation) < 0 ||
+        (lim->ntpport && get_ll(found, name_from_ntp_port, &from_ntp_port) < 0) ||
+        get_ll(found, name_restrict_flags, flags) < 0) {
+        Py_DECREF(found);
+        return -1;
+    }
+    if (generation != lim->generation || (lim->ntpport && (port == 123) != !!from_ntp_port) ||
+        (*flags & lim->defer)) {
+        Py_DECREF(found);
+        return 0;
+    }
+    *entry = found;
+    return 1;
+}
+
 static PyObject *observe_runs(PyObject *self, PyObject *args)
 {
     PyObject *entries, *move, *senders, *starts, *versions, *times;
-    long long generation, p[6], refused;
-    int ntpport;
+    struct limits lim;
     (void)self;
-    if (!PyArg_ParseTuple(args, "O!OO!O!O!O!LpLLLLLLL", &PyDict_Type, &entries, &move,
-                          &PyList_Type, &senders, &PyList_Type, &starts, &PyList_Type,
-                          &versions, &PyList_Type, &times, &generation, &ntpport, &p[0],
-                          &p[1], &p[2], &refused, &p[3], &p[4], &p[5]))
+    if (!PyArg_ParseTuple(args, "O!O!O!O!O!OLpLLLLLLL", &PyList_Type, &senders, &PyList_Type,
+                          &starts, &PyList_Type, &versions, &PyList_Type, &times,
+                          &PyDict_Type, &entries, &move, &lim.generation, &lim.ntpport,
+                          &lim.head, &lim.limit, &lim.minimum, &lim.defer, &lim.limited_bit,
+                          &lim.kod_bit, &lim.douse))
         return NULL;
     Py_ssize_t runs = PyList_GET_SIZE(starts), total = PyList_GET_SIZE(times);
     if (PyList_GET_SIZE(senders) != runs || PyList_GET_SIZE(versions) != total) {
         PyErr_SetString(PyExc_ValueError, "senders/starts or versions/times differ in length");
         return NULL;
     }
+    long long *arrays = PyMem_Malloc(sizeof(long long) * 2 * (size_t)(total ? total : 1));
+    Py_ssize_t *ids = PyMem_Malloc(sizeof(Py_ssize_t) * (size_t)(total ? total : 1));
     PyObject *limited = PyList_New(0);
-    if (limited == NULL)
-        return NULL;
+    if (arrays == NULL || ids == NULL || limited == NULL) {
+        PyMem_Free(arrays);
+        PyMem_Free(ids);
+        Py_XDECREF(limited);
+        return PyErr_NoMemory();
+    }
+    long long *all_times = arrays, *all_versions = arrays + total;
+    for (Py_ssize_t k = 0; k < total; k++) {
+        ids[k] = k;
+        if (item_ll(times, k, &all_times[k]) < 0 || item_ll(versions, k, &all_versions[k]) < 0)
+            goto fail;
+    }
     long long checked = 0, over = 0, final_flags = -1;
     Py_ssize_t j = 0;
     for (; j < runs; j++) {
@@ -449,50 +537,137 @@ static PyObject *observe_runs(PyObject *self, PyObject *args)
         long long port = PyLong_AsLongLong(PyTuple_GET_ITEM(sender, 1));
         if (port == -1 && PyErr_Occurred())
             goto fail;
-        PyObject *entry = PyDict_GetItemWithError(entries, host);
-        if (entry == NULL) {
-            if (PyErr_Occurred())
-                goto fail;
-            break; /* a new address: Python makes its entry */
-        }
-        Py_INCREF(entry);
-        long long entry_generation, from_ntp_port = 0, flags;
-        int ok = get_ll(entry, name_generation, &entry_generation) == 0 &&
-                 (!ntpport || get_ll(entry, name_from_ntp_port, &from_ntp_port) == 0) &&
-                 get_ll(entry, name_restrict_flags, &flags) == 0;
-        if (!ok) {
-            Py_DECREF(entry);
+        PyObject *entry = NULL;
+        long long flags = 0;
+        Py_ssize_t n = (Py_ssize_t)(stop - start);
+        int usable = usable_entry(entries, host, port, all_versions + start, n, &lim, &entry,
+                                  &flags);
+        if (usable < 0)
             goto fail;
-        }
-        /* A stale table lookup, flags decided otherwise (refused, per request) or a version
-         * outside 1-4 (which the per-request check refuses or counts): Python. */
-        int plain = 1;
-        for (Py_ssize_t k = (Py_ssize_t)start; k < (Py_ssize_t)stop && plain; k++) {
-            long long version;
-            if (item_ll(versions, k, &version) < 0) {
-                Py_DECREF(entry);
-                goto fail;
-            }
-            plain = version >= 1 && version <= 4;
-        }
-        if (!plain || entry_generation != generation ||
-            (ntpport && (port == 123) != !!from_ntp_port) || (flags & refused)) {
-            Py_DECREF(entry);
-            break;
-        }
-        int failed = observe_one_run(entry, host, port, move, versions, times, (Py_ssize_t)start,
-                                     (Py_ssize_t)stop, flags, p, &over, &final_flags, limited);
+        if (usable == 0)
+            break; /* Python decides from here on */
+        int failed = observe_one_run(entry, host, port, move, all_times + start,
+                                     all_versions + start, ids + start, n, flags, &lim, &over,
+                                     &final_flags, limited);
         Py_DECREF(entry);
         if (failed)
             goto fail;
-        checked += stop - start;
+        checked += n;
     }
+    PyMem_Free(arrays);
+    PyMem_Free(ids);
     PyObject *result = Py_BuildValue("(nLLLO)", j, checked, over, final_flags, limited);
     Py_DECREF(limited);
     return result;
 fail:
+    PyMem_Free(arrays);
+    PyMem_Free(ids);
     Py_DECREF(limited);
     return NULL;
+}
+
+/* A batch's plain client requests from senders whose MRU entries are current, decided and
+ * answered in one call: no Python runs between their receive and their sends. */
+static PyObject *serve_known(PyObject *self, PyObject *args)
+{
+    int fd;
+    unsigned long long address, word1, word2;
+    Py_ssize_t count;
+    Py_buffer ok, by_first, by_poll;
+    PyObject *entries, *move;
+    struct limits lim;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "iKny*y*y*KKO!OLpLLLLLLL", &fd, &address, &count, &ok,
+                          &by_first, &by_poll, &word1, &word2, &PyDict_Type, &entries, &move,
+                          &lim.generation, &lim.ntpport, &lim.head, &lim.limit, &lim.minimum,
+                          &lim.defer, &lim.limited_bit, &lim.kod_bit, &lim.douse))
+        return NULL;
+    PyObject *result = NULL, *mask = NULL, *limited = NULL;
+    long long *times = NULL, *versions = NULL;
+    Py_ssize_t *rows = NULL;
+    if (!check_count(count) || !check_tables(count, NULL, &by_first, &by_poll))
+        goto done;
+    if (ok.len != 256) {
+        PyErr_SetString(PyExc_ValueError, "ok_first must hold 256 bytes");
+        goto done;
+    }
+    size_t room = (size_t)(count ? count : 1);
+    mask = PyByteArray_FromStringAndSize(NULL, count);
+    limited = PyList_New(0);
+    times = PyMem_Malloc(sizeof *times * room);
+    versions = PyMem_Malloc(sizeof *versions * room);
+    rows = PyMem_Malloc(sizeof *rows * room);
+    if (mask == NULL || limited == NULL || times == NULL || versions == NULL || rows == NULL) {
+        if (!PyErr_Occurred())
+            PyErr_NoMemory();
+        goto done;
+    }
+    unsigned char *take = (unsigned char *)PyByteArray_AS_STRING(mask);
+    struct mmsghdr *hdrs = hdrs_from(address);
+    Py_ssize_t n = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        int64_t sec = 0, nsec = 0;
+        take[i] = (unsigned char)plain_request(&hdrs[i], ok.buf, &sec, &nsec);
+        if (!take[i])
+            continue;
+        const unsigned char *data = hdrs[i].msg_hdr.msg_iov[0].iov_base;
+        rows[n] = i;
+        times[n] = sec * (int64_t)NS_PER_S + nsec;
+        versions[n] = (data[0] >> 3) & 0x07;
+        n++;
+    }
+    long long checked = 0, over = 0, final_flags = -1;
+    for (Py_ssize_t r = 0; r < n;) {
+        const struct msghdr *first = &hdrs[rows[r]].msg_hdr;
+        Py_ssize_t e = r + 1;
+        while (e < n && same_sender(first, &hdrs[rows[e]].msg_hdr))
+            e++;
+        PyObject *sender = sender_tuple(first);
+        if (sender == NULL)
+            goto done;
+        PyObject *host = PyTuple_GET_ITEM(sender, 0);
+        long long port = PyLong_AsLongLong(PyTuple_GET_ITEM(sender, 1));
+        PyObject *entry = NULL;
+        long long flags = 0;
+        int usable = usable_entry(entries, host, port, versions + r, e - r, &lim, &entry, &flags);
+        if (usable == 1) {
+            int failed = observe_one_run(entry, host, port, move, times + r, versions + r,
+                                         rows + r, e - r, flags, &lim, &over, &final_flags,
+                                         limited);
+            Py_DECREF(entry);
+            usable = failed ? -1 : 1;
+        }
+        Py_DECREF(sender);
+        if (usable < 0)
+            goto done;
+        if (usable == 0) {
+            for (Py_ssize_t k = r; k < n; k++)
+                take[rows[k]] = 2; /* Python decides these, in this order */
+            break;
+        }
+        checked += e - r;
+        r = e;
+    }
+    for (Py_ssize_t k = 0; k < PyList_GET_SIZE(limited); k++) {
+        Py_ssize_t slot = PyLong_AsSsize_t(PyTuple_GET_ITEM(PyList_GET_ITEM(limited, k), 0));
+        if (slot >= 0 && slot < count)
+            take[slot] = 0; /* over the limits: Python sends the KoD or drops it */
+    }
+    struct replies out = {0, 0, 0, 0};
+    send_replies(fd, hdrs, count, take, by_first.buf, by_poll.buf, word1, word2, &out);
+    result = Py_BuildValue("(OLLLOnnnnn)", mask, checked, over, final_flags, limited,
+                           out.replied, out.sent, out.replied - out.sent, out.version4,
+                           out.version1);
+done:
+    PyBuffer_Release(&ok);
+    PyBuffer_Release(&by_first);
+    PyBuffer_Release(&by_poll);
+    Py_XDECREF(mask);
+    Py_XDECREF(limited);
+    PyMem_Free(times);
+    PyMem_Free(versions);
+    PyMem_Free(rows);
+    return result;
 }
 
 static PyMethodDef methods[] = {
@@ -503,9 +678,14 @@ static PyMethodDef methods[] = {
      " -> (replied, sent, failed, version4, version1)"},
     {"reset", reset, METH_VARARGS,
      "reset(hdrs, count, bufsize, namesize, ctrlsize): slots ready for the next recvmmsg"},
+    {"serve_known", serve_known, METH_VARARGS,
+     "serve_known(fd, hdrs, count, ok_first, by_first, by_poll, word1, word2, entries,"
+     " move_to_end, generation, ntpport, head, limit, minimum, defer, limited_bit, kod_bit,"
+     " douse) -> (mask, checked, over_limit, last_flags, limited, replied, sent, failed,"
+     " version4, version1)"},
     {"observe_runs", observe_runs, METH_VARARGS,
-     "observe_runs(entries, move_to_end, senders, starts, versions, times, generation,"
-     " ntpport, head, limit, minimum, refused, limited_bit, kod_bit, douse)"
+     "observe_runs(senders, starts, versions, times, entries, move_to_end, generation,"
+     " ntpport, head, limit, minimum, defer, limited_bit, kod_bit, douse)"
      " -> (runs_done, checked, over_limit, last_flags, limited)"},
     {NULL, NULL, 0, NULL},
 };

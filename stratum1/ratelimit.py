@@ -305,12 +305,23 @@ class RateLimiter:
         fast = self._observe_runs
         if fast is None or type(addresses) is not list or type(times) is not list:
             return 0, 0, -1, []
-        entries = self._entries
         done, checked, over, last, limited = fast(
-            entries, entries.move_to_end, addresses, starts, versions, times, generation,
-            ntpport, self._head, self._limit, self._minimum, defer, LIMITED, KOD, _DOUSE)  # fmt: skip
+            addresses, starts, versions, times, *self.compiled_args(generation, ntpport, defer))
         self.stats.limited += over
         return done, checked, last, limited
+
+    def compiled_args(self, generation: int, ntpport: bool, defer: int) -> tuple:
+        """The list and limits as the compiled loops (``_hotpath.observe_runs`` and
+        ``serve_known``) take them: entries, their ``move_to_end``, then ``generation``,
+        ``ntpport``, head, limit, minimum, ``defer``, and the LIMITED, KOD and douse bits."""
+        entries = self._entries
+        return (entries, entries.move_to_end, generation, ntpport, self._head, self._limit,
+                self._minimum, defer, LIMITED, KOD, _DOUSE)  # fmt: skip
+
+    @property
+    def compiled(self) -> bool:
+        """Whether the compiled loops serve this list."""
+        return self._observe_runs is not None
 
     def _insert(self, address: str, port: int, mode: int, version: int, now_ns: int,
                 restrict_flags: int, generation: int, family: int, value: int) -> int:  # fmt: skip

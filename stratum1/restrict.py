@@ -607,6 +607,30 @@ class AccessControl:
                 break
         return out
 
+    def known_sender_args(self) -> tuple | None:
+        """For ``_hotpath.serve_known``: the MRU list and limits, with what it must leave to
+        ``check_clients`` (refused and per-request flags); None without a compiled list."""
+        limiter = self.limiter
+        if limiter is None or not limiter.compiled:
+            return None
+        table = self.table
+        return limiter.compiled_args(table.generation, table.has_ntpport,
+                                     _REFUSED | _PER_REQUEST)  # fmt: skip
+
+    def record_known(self, checked: int, over: int, last: int,
+                     limited: list[tuple[int, int]]) -> dict[int, Decision]:  # fmt: skip
+        """Count what ``serve_known`` decided (``checked`` requests, ``over`` of them over the
+        limits, ``limited`` (slot, flags) those refused for it) as ``check`` would; the
+        decisions for the refused, by slot."""
+        out: dict[int, Decision] = {}
+        if checked:
+            self.stats.checked += checked
+            self.last_flags = last
+            if self.limiter is not None:
+                self.limiter.stats.limited += over
+            self._decide_limited(limited, out)
+        return out
+
     def _decide_limited(self, limited: list[tuple[int, int]], out: dict[int, Decision]) -> None:
         """Requests over the limits, (index, flags) each: a KoD where the flags allow one,
         else dropped; counted as ``check`` counts them."""

@@ -504,6 +504,11 @@ class NtpServer:
         fd = sock.fileno()
         template = self._current_template()
         access = self.access
+        owner = self._access_owner(access)
+        known = owner.known_sender_args() if owner is not None else None
+        if known is not None:
+            self._answer_known_first(sock, mm, count, template, owner, known)
+            return
         checked = access is not serve_all
         mask, rows, versions, rx_ns, starts, senders = hot.scan(
             mm.hdr_address, count, _CLIENT_FIRST_BYTES, checked)  # fmt: skip
@@ -521,6 +526,51 @@ class NtpServer:
             # and its sends lengthens each reply's path from clock read to the wire.
             self._batch_slow_path(sock, mm, [i for i in range(count) if not mask[i]],
                                   verdicts)  # fmt: skip
+
+    def _answer_known_first(self, sock: socket.socket, mm: Any, count: int,
+                            template: ReplyTemplate, owner: Any, known: tuple) -> None:  # fmt: skip
+        """The compiled path with an ``AccessControl`` whose MRU list is compiled: one C call
+        decides and answers the requests from senders the list holds (``serve_known``), so
+        no Python runs between their receive and their sends; ``check_clients`` decides the
+        rest, in order, then the batch's other packets are handled."""
+        hot = netio.hotpath
+        fd = sock.fileno()
+        by_first, by_poll, rest = template.batch_tables()
+        w1, w2 = int(rest[0]), int(rest[1])
+        mask, checked, over, last, limited, served, sent, failed, newer, v1 = _without_gc(
+            lambda: hot.serve_known(fd, mm.hdr_address, count, _CLIENT_FIRST_BYTES, by_first,
+                                    by_poll, w1, w2, *known))  # fmt: skip
+        verdicts: dict[int, str] = dict(owner.record_known(checked, over, last, limited))
+        self._count_batch(served, newer, v1, sent, failed)
+        if 2 in mask:
+            # Requests from the first sender the list could not decide onward (already
+            # answered ones no longer look like requests, so scan finds the rest).
+            _m, rows, versions, rx_ns, starts, senders = hot.scan(
+                mm.hdr_address, count, _CLIENT_FIRST_BYTES, True)  # fmt: skip
+            p = next(k for k, row in enumerate(rows) if mask[row] == 2)
+            run = max(j for j, start in enumerate(starts) if start <= p)
+            later = [j for j, start in enumerate(starts) if start > p]
+            more = self._batch_verdicts(self.access, mm, rows[p:], versions[p:], rx_ns[p:],
+                                        [0] + [starts[j] - p for j in later],
+                                        [senders[run]] + [senders[j] for j in later])  # fmt: skip
+            verdicts.update(more)
+            take = bytearray(count)
+            for row in rows[p:]:
+                take[row] = mask[row] = 0 if row in more else 1
+            served, sent, failed, newer, v1 = _without_gc(lambda: hot.reply_each(
+                fd, mm.hdr_address, count, take, by_first, by_poll, w1, w2))  # fmt: skip
+            self._count_batch(served, newer, v1, sent, failed)
+        if mask.count(1) != count:
+            self._batch_slow_path(sock, mm, [i for i in range(count) if not mask[i]],
+                                  verdicts)  # fmt: skip
+
+    def _access_owner(self, access: AccessCheck) -> Any:
+        """The ``AccessControl`` behind ``access`` when it is one's ``server_hook`` and no
+        other batched check was given, else None."""
+        if self._access_batch is not None or getattr(access, "__name__", "") != "server_hook":
+            return None
+        owner = getattr(access, "__self__", None)
+        return owner if hasattr(owner, "known_sender_args") else None
 
     def _count_batch(self, served: int, newer: int, v1: int, sent: int, failed: int) -> None:
         """Count the plain client requests a batch answered: ``newer`` of them version 4,

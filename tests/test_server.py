@@ -895,3 +895,57 @@ def test_transmit_clock_reads_the_system_clock_directly_or_asks_the_clock():
     assert _clock_reader(FrozenDisciplineClock(Shifted()))() == 42
     step = StepClock()
     assert _clock_reader(step)() == NOW_NS + 1000
+
+
+def _known_sender_bursts(kind):
+    """Two bursts at a `restrict default limited kod` server: the first from new senders (a,
+    b), the second from both again (now in the MRU list: flooding, so limited) and from a
+    new one (c). What came back to each, and the counters and MRU list afterwards."""
+    from stratum1.config.parser import parse_text
+    from stratum1.restrict import AccessControl
+
+    config, _ = parse_text("restrict default limited kod\n", "ntp.conf")
+    access = AccessControl.from_config(config)
+    server = _burst_server(kind, access=access.server_hook)
+    a, b, c = _clients_from("127.0.0.1", "127.0.0.3", "127.0.0.5")
+    got = {}
+    try:
+        for burst in ([a, b], [a, b, b, a, c, c, a]):
+            for i, sock in enumerate(burst):
+                sock.sendto(request(transmit=i + 1), server.address)
+            select.select([server], [], [], 2.0)
+            time.sleep(0.05)
+            for _ in range(10):  # plain reads take a few at a time: drain the burst
+                server.handle_readable()
+                if not select.select([server], [], [], 0)[0]:
+                    break
+        for name, sock in (("a", a), ("b", b), ("c", c)):
+            sock.settimeout(0.2)
+            kinds = []
+            try:
+                while True:
+                    kinds.append("kod" if sock.recv(2048)[12:16] == b"RATE" else "time")
+            except TimeoutError:
+                pass
+            got[name] = kinds
+    finally:
+        for sock in (a, b, c):
+            sock.close()
+        server.close()
+    mru = sorted((e.address, e.count, e.flags, e.leak) for e in access.mru_entries())
+    stats = server.stats.as_dict()
+    return got, stats, access.stats, access.limiter.stats, mru
+
+
+def test_known_senders_decided_in_c_as_in_numpy():
+    if not netio.compiled_send():
+        pytest.skip("the compiled hot path was not built")
+    compiled = _known_sender_bursts("compiled")
+    assert compiled == _known_sender_bursts("numpy")
+    got, stats, access, _limiter, mru = compiled
+    # New senders served; known ones flooding: a KoD once, then dropped; c new: served, then
+    # over the minimum headway itself.
+    assert got == {"a": ["time", "kod"], "b": ["time", "kod"], "c": ["time", "kod"]}
+    assert access.checked == 9 and stats["restricted"] == 3 and stats["kod_sent"] == 3
+    assert [entry[:2] for entry in mru] == [("127.0.0.1", 4), ("127.0.0.3", 3),
+                                             ("127.0.0.5", 2)]  # fmt: skip
