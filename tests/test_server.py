@@ -897,14 +897,14 @@ def test_transmit_clock_reads_the_system_clock_directly_or_asks_the_clock():
     assert _clock_reader(step)() == NOW_NS + 1000
 
 
-def _known_sender_bursts(kind):
-    """Two bursts at a `restrict default limited kod` server: the first from new senders (a,
-    b), the second from both again (now in the MRU list: flooding, so limited) and from a
-    new one (c). What came back to each, and the counters and MRU list afterwards."""
+def _known_sender_bursts(kind, conf="restrict default limited kod\n"):
+    """Two bursts at a server restricted by ``conf``: the first from new senders (a, b), the
+    second from both again (now in the MRU list: flooding, so limited where ``limited``) and
+    from a new one (c). What came back to each, and the counters and MRU list afterwards."""
     from stratum1.config.parser import parse_text
     from stratum1.restrict import AccessControl
 
-    config, _ = parse_text("restrict default limited kod\n", "ntp.conf")
+    config, _ = parse_text(conf, "ntp.conf")
     access = AccessControl.from_config(config)
     server = _burst_server(kind, access=access.server_hook)
     a, b, c = _clients_from("127.0.0.1", "127.0.0.3", "127.0.0.5")
@@ -932,7 +932,7 @@ def _known_sender_bursts(kind):
         for sock in (a, b, c):
             sock.close()
         server.close()
-    mru = sorted((e.address, e.count, e.flags, e.leak) for e in access.mru_entries())
+    mru = sorted((e.address, e.count, e.flags, e.leak, e.version) for e in access.mru_entries())
     stats = server.stats.as_dict()
     return got, stats, access.stats, access.limiter.stats, mru
 
@@ -949,3 +949,15 @@ def test_known_senders_decided_in_c_as_in_numpy():
     assert access.checked == 9 and stats["restricted"] == 3 and stats["kod_sent"] == 3
     assert [entry[:2] for entry in mru] == [("127.0.0.1", 4), ("127.0.0.3", 3),
                                              ("127.0.0.5", 2)]  # fmt: skip
+
+
+@pytest.mark.parametrize("conf", [
+    "restrict default\n",  # monitoring only: nobody limited
+    "restrict default limited kod\nrestrict 127.0.0.3 limited kod version\n",  # per request
+    "restrict default limited\nrestrict 127.0.0.5 ntpport noserve\n",  # ntpport entries
+    "restrict default limited kod\nrestrict 127.0.0.1 ignore\n",  # refused outright
+], ids=["monitor", "version", "ntpport", "ignore"])
+def test_known_senders_decided_in_c_as_in_numpy_whatever_the_table(conf):
+    if not netio.compiled_send():
+        pytest.skip("the compiled hot path was not built")
+    assert _known_sender_bursts("compiled", conf) == _known_sender_bursts("numpy", conf)
