@@ -590,11 +590,11 @@ def batch_kind(request):
     return request.param
 
 
-def _burst_server(kind, **kwargs):
+def _burst_server(kind, host="127.0.0.1", **kwargs):
     pytest.importorskip("numpy")
     if not netio.batch_supported():
         pytest.skip("no recvmmsg/sendmmsg here")
-    server = NtpServer(("127.0.0.1", 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()),
+    server = NtpServer((host, 0), lambda: SYNCED, FrozenDisciplineClock(SystemClock()),
                        batch=True, **kwargs)  # fmt: skip
     assert server._compiled == netio.compiled_send()  # the real clock: C where built
     server._compiled = kind == "compiled"
@@ -713,7 +713,8 @@ def test_batch_path_asks_the_access_check_once_per_datagram(batch_kind):
 def _clients_from(*hosts):
     out = []
     for host in hosts:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET,
+                             socket.SOCK_DGRAM)  # fmt: skip
         sock.bind((host, 0))
         out.append(sock)
     return out
@@ -897,17 +898,20 @@ def test_transmit_clock_reads_the_system_clock_directly_or_asks_the_clock():
     assert _clock_reader(step)() == NOW_NS + 1000
 
 
-def _known_sender_bursts(kind, conf="restrict default limited kod\n"):
+def _known_sender_bursts(kind, conf="restrict default limited kod\n",
+                         hosts=("127.0.0.1", "127.0.0.3", "127.0.0.5")):  # fmt: skip
     """Two bursts at a server restricted by ``conf``: the first from new senders (a, b), the
     second from both again (now in the MRU list: flooding, so limited where ``limited``) and
-    from a new one (c). What came back to each, and the counters and MRU list afterwards."""
+    from a new one (c), each on its host of ``hosts``. What came back to each, and the
+    counters and MRU list afterwards."""
     from stratum1.config.parser import parse_text
     from stratum1.restrict import AccessControl
 
     config, _ = parse_text(conf, "ntp.conf")
     access = AccessControl.from_config(config)
-    server = _burst_server(kind, access=access.server_hook)
-    a, b, c = _clients_from("127.0.0.1", "127.0.0.3", "127.0.0.5")
+    server = _burst_server(kind, "::1" if ":" in hosts[0] else "127.0.0.1",
+                           access=access.server_hook)  # fmt: skip
+    a, b, c = _clients_from(*hosts)
     got = {}
     try:
         for burst in ([a, b], [a, b, b, a, c, c, a]):
@@ -961,3 +965,20 @@ def test_known_senders_decided_in_c_as_in_numpy_whatever_the_table(conf):
     if not netio.compiled_send():
         pytest.skip("the compiled hot path was not built")
     assert _known_sender_bursts("compiled", conf) == _known_sender_bursts("numpy", conf)
+
+
+@pytest.mark.parametrize("hosts", [("127.0.0.1", "127.0.0.1", "127.0.0.5"), ("::1",) * 3],
+                         ids=["one-host-two-ports", "ipv6"])  # fmt: skip
+def test_known_senders_decided_in_c_as_in_numpy_whatever_the_senders(hosts):
+    if not netio.compiled_send():
+        pytest.skip("the compiled hot path was not built")
+    if ":" in hosts[0]:
+        try:
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+                probe.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+    conf = "restrict default limited kod\n"
+    compiled = _known_sender_bursts("compiled", conf, hosts)
+    assert compiled == _known_sender_bursts("numpy", conf, hosts)
+    assert sum(entry[1] for entry in compiled[4]) == 9  # every request recorded
