@@ -543,19 +543,14 @@ class NtpServer:
         verdicts: dict[int, str] = dict(owner.record_known(checked, over, last, limited))
         self._count_batch(served, newer, v1, sent, failed)
         if 2 in mask:
-            # Requests from the first sender the list could not decide onward (already
-            # answered ones no longer look like requests, so scan finds the rest).
-            _m, rows, versions, rx_ns, starts, senders = hot.scan(
-                mm.hdr_address, count, _CLIENT_FIRST_BYTES, True)  # fmt: skip
-            p = next(k for k, row in enumerate(rows) if mask[row] == 2)
-            run = max(j for j, start in enumerate(starts) if start <= p)
-            later = [j for j, start in enumerate(starts) if start > p]
-            more = self._batch_verdicts(self.access, mm, rows[p:], versions[p:], rx_ns[p:],
-                                        [0] + [starts[j] - p for j in later],
-                                        [senders[run]] + [senders[j] for j in later])  # fmt: skip
+            # Requests from the first sender the list could not decide onward, in order.
+            rows, versions, rx_ns, starts, senders = pending_runs(
+                mask, *hot.scan(mm.hdr_address, count, _CLIENT_FIRST_BYTES, True)[1:])  # fmt: skip
+            more = self._batch_verdicts(self.access, mm, rows, versions, rx_ns, starts,
+                                        senders)  # fmt: skip
             verdicts.update(more)
             take = bytearray(count)
-            for row in rows[p:]:
+            for row in rows:
                 take[row] = mask[row] = 0 if row in more else 1
             served, sent, failed, newer, v1 = _without_gc(lambda: hot.reply_each(
                 fd, mm.hdr_address, count, take, by_first, by_poll, w1, w2))  # fmt: skip
@@ -865,6 +860,34 @@ _CLIENT_FIRST_BYTES = bytes(
 )
 
 
+def pending_runs(mask: bytearray, rows: list[int], versions: list[int], rx_ns: list[int],
+                 starts: list[int], senders: list[tuple]) -> tuple[list, list, list, list, list]:
+    """Of a batch's plain requests as ``scan`` lists them (slots ``rows``, runs from one
+    sender beginning at ``starts``, named by ``senders``), those whose slot is 2 in ``mask``
+    (left undecided by ``serve_known``), as the same five lists. A run is cut where a request
+    between is left out, so every run stays one sender's consecutive requests."""
+    out_rows: list[int] = []
+    out_versions: list[int] = []
+    out_rx: list[int] = []
+    out_starts: list[int] = []
+    out_senders: list[tuple] = []
+    run = -1
+    previous = -2
+    for k, row in enumerate(rows):
+        while run + 1 < len(starts) and starts[run + 1] <= k:
+            run += 1
+        if mask[row] != 2:
+            continue
+        if k != previous + 1 or starts[run] == k:
+            out_starts.append(len(out_rows))
+            out_senders.append(senders[run])
+        out_rows.append(row)
+        out_versions.append(versions[k])
+        out_rx.append(rx_ns[k])
+        previous = k
+    return out_rows, out_versions, out_rx, out_starts, out_senders
+
+
 def _without_gc(send: Callable[[], Any]) -> Any:
     """Run ``send`` with the cyclic collector paused: a collection between a transmit clock
     read and its send would make that timestamp old; a due collection runs after."""
@@ -933,5 +956,6 @@ __all__ = [
     "build_reply",
     "is_client_request",
     "no_keys",
+    "pending_runs",
     "serve_all",
 ]

@@ -982,3 +982,20 @@ def test_known_senders_decided_in_c_as_in_numpy_whatever_the_senders(hosts):
     compiled = _known_sender_bursts("compiled", conf, hosts)
     assert compiled == _known_sender_bursts("numpy", conf, hosts)
     assert sum(entry[1] for entry in compiled[4]) == 9  # every request recorded
+
+
+def test_pending_runs_keeps_each_run_one_senders_consecutive_requests():
+    from stratum1.server import pending_runs
+
+    a, b = ("192.0.2.1", 1), ("192.0.2.2", 2)
+    # Slots 0-6; scan's runs: a a | b b b | a a. Left undecided (2): slots 1, 2, 4, 5, 6.
+    mask = bytearray([1, 2, 2, 0, 2, 2, 2])
+    rows, versions, rx, starts, senders = pending_runs(
+        mask, [0, 1, 2, 3, 4, 5, 6], [4, 3, 4, 2, 4, 1, 4], [10, 11, 12, 13, 14, 15, 16],
+        [0, 2, 5], [a, b, a])  # fmt: skip
+    assert rows == [1, 2, 4, 5, 6] and versions == [3, 4, 4, 1, 4]
+    assert rx == [11, 12, 14, 15, 16]
+    # a's slot 1 | b's slot 2 | b's slot 4 (slot 3 left out between) | a's slots 5 and 6.
+    assert starts == [0, 1, 2, 3] and senders == [a, b, b, a]
+    assert pending_runs(bytearray([1, 1]), [0, 1], [4, 4], [1, 2], [0], [a]) == (
+        [], [], [], [], [])
