@@ -171,7 +171,7 @@ class RateLimiter:
         if entry is None:
             entry = self._entries.get(address)
         if entry is None:
-            return self._insert(address, port, mode, version, now_ns, restrict_flags,
+            return self.insert(address, port, mode, version, now_ns, restrict_flags,
                                 generation, family, value)  # fmt: skip
         # Rounded to whole seconds like ntpd; a clock stepped backwards counts as no headway.
         # (Conditionals, not max(): this runs once per client request.)
@@ -323,13 +323,15 @@ class RateLimiter:
         """Whether the compiled loops serve this list."""
         return self._observe_runs is not None
 
-    def _insert(self, address: str, port: int, mode: int, version: int, now_ns: int,
-                restrict_flags: int, generation: int, family: int, value: int) -> int:  # fmt: skip
+    def insert(self, address: str, port: int, mode: int, version: int, now_ns: int,
+               restrict_flags: int, generation: int, family: int, value: int) -> int:  # fmt: skip
+        """``observe`` for an address the list does not hold (the caller has looked): record
+        it if the list's bounds allow, and return its flags (never over a limit)."""
         entries = self._entries
         limits = self.limits
         if len(entries) >= limits.mindepth and entries:
-            oldest_key = next(iter(entries))
-            oldest = entries[oldest_key]
+            oldest = next(iter(entries.values()))
+            oldest_key = oldest.address
             oldest_age = (now_ns - oldest.last_ns + _HALF) // NS
             if limits.maxage >= 0 and oldest_age > limits.maxage:
                 del entries[oldest_key]

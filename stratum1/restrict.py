@@ -590,9 +590,9 @@ class AccessControl:
                     # A new MRU entry (served: a first packet is within any limit): what
                     # ``check`` does, without looking the address up again.
                     stats.checked += 1
-                    self.last_flags = limiter.observe(host, port, _MODE_CLIENT, versions[k],
-                                                      times[k], flags, generation, family,
-                                                      value)  # fmt: skip
+                    self.last_flags = limiter.insert(host, port, _MODE_CLIENT, versions[k],
+                                                     times[k], flags, generation, family,
+                                                     value)  # fmt: skip
                     k += 1
                     continue
                 stats.checked += stop - k
