@@ -303,8 +303,8 @@ class RateLimiter:
         each request over the limits in runs whose flags have LIMITED). Done by the compiled
         loop; without it, nothing is done here (0 runs)."""
         fast = self._observe_runs
-        if fast is None or type(addresses) is not list or type(times) is not list:
-            return 0, 0, -1, []
+        if fast is None or not all(type(x) is list for x in (addresses, starts, versions, times)):
+            return 0, 0, -1, []  # the compiled loop reads lists only
         done, checked, over, last, limited = fast(
             addresses, starts, versions, times, *self.compiled_args(generation, ntpport, defer))
         self.stats.limited += over

@@ -303,8 +303,9 @@ class NtpServer:
         self.control_handler = control_handler
         self.access = access
         self._access_batch = access_batch
-        self._clients_for: Any = None  # the access check that _clients was found for
+        self._clients_for: Any = None  # the access check _clients and _owner were found for
         self._clients: ClientsCheck | None = None
+        self._owner: Any = None  # the AccessControl behind that check, if it is one's hook
         self.peer_handler = peer_handler
         self._min_poll = min_poll
         self._max_batch = max(1, max_batch)
@@ -521,11 +522,7 @@ class NtpServer:
         served, sent, failed, newer, v1 = _without_gc(lambda: hot.reply_each(
             fd, mm.hdr_address, count, mask, by_first, by_poll, int(rest[0]), int(rest[1])))
         self._count_batch(served, newer, v1, sent, failed)
-        if served != count:
-            # The rest after the plain replies: every Python step between receiving a batch
-            # and its sends lengthens each reply's path from clock read to the wire.
-            self._batch_slow_path(sock, mm, [i for i in range(count) if not mask[i]],
-                                  verdicts)  # fmt: skip
+        self._answer_the_rest(sock, mm, count, mask, verdicts)
 
     def _answer_known_first(self, sock: socket.socket, mm: Any, count: int,
                             template: ReplyTemplate, owner: Any, known: tuple) -> None:  # fmt: skip
@@ -555,17 +552,16 @@ class NtpServer:
             served, sent, failed, newer, v1 = _without_gc(lambda: hot.reply_each(
                 fd, mm.hdr_address, count, take, by_first, by_poll, w1, w2))  # fmt: skip
             self._count_batch(served, newer, v1, sent, failed)
+        self._answer_the_rest(sock, mm, count, mask, verdicts)
+
+    def _answer_the_rest(self, sock: socket.socket, mm: Any, count: int, mask: bytearray,
+                         verdicts: dict[int, str]) -> None:  # fmt: skip
+        """After a batch's plain replies are out (slots 1 in ``mask``), its other datagrams
+        through the per-datagram path: every Python step between receiving a batch and its
+        sends lengthens each reply's path from clock read to the wire."""
         if mask.count(1) != count:
             self._batch_slow_path(sock, mm, [i for i in range(count) if not mask[i]],
                                   verdicts)  # fmt: skip
-
-    def _access_owner(self, access: AccessCheck) -> Any:
-        """The ``AccessControl`` behind ``access`` when it is one's ``server_hook`` and no
-        other batched check was given, else None."""
-        if self._access_batch is not None or getattr(access, "__name__", "") != "server_hook":
-            return None
-        owner = getattr(access, "__self__", None)
-        return owner if hasattr(owner, "known_sender_args") else None
 
     def _count_batch(self, served: int, newer: int, v1: int, sent: int, failed: int) -> None:
         """Count the plain client requests a batch answered: ``newer`` of them version 4,
@@ -608,12 +604,26 @@ class NtpServer:
     def _clients_check(self, access: AccessCheck) -> ClientsCheck | None:
         """The batched twin of ``access``: ``access_batch`` if given, else the owner's
         ``check_clients`` when ``access`` is an ``AccessControl.server_hook``."""
-        if access is not self._clients_for:
-            clients = self._access_batch
-            if clients is None and getattr(access, "__name__", "") == "server_hook":
-                clients = getattr(getattr(access, "__self__", None), "check_clients", None)
-            self._clients_for, self._clients = access, clients
+        self._find_access_owner(access)
         return self._clients
+
+    def _access_owner(self, access: AccessCheck) -> Any:
+        """The ``AccessControl`` behind ``access`` when it is one's ``server_hook`` and no
+        other batched check was given, else None."""
+        self._find_access_owner(access)
+        return self._owner
+
+    def _find_access_owner(self, access: AccessCheck) -> None:
+        # Looked up once per access check, not per batch.
+        if access is self._clients_for:
+            return
+        owner = None
+        if self._access_batch is None and getattr(access, "__name__", "") == "server_hook":
+            found = getattr(access, "__self__", None)
+            if hasattr(found, "check_clients") and hasattr(found, "known_sender_args"):
+                owner = found
+        self._clients_for, self._owner = access, owner
+        self._clients = self._access_batch or (owner.check_clients if owner is not None else None)
 
     def _render_batch(self, mm: Any, rows: Any, count: int, template: ReplyTemplate) -> None:
         """Turn the requests in ``rows`` into replies in place (48-byte client requests)."""

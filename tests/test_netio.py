@@ -1,5 +1,6 @@
 """Tests for stratum1/netio.py: socket options, ancillary-data timestamps, truncation."""
 
+import contextlib
 import select
 import socket
 import struct
@@ -227,38 +228,50 @@ def test_mmsg_batch_round_trip_keeps_stamps_and_senders(compiled, monkeypatch):
         server.close()
 
 
-def test_mmsg_batch_send_stamps_each_chunk_just_before_sending():
+@contextlib.contextmanager
+def _numbered_requests(count: int, capacity: int):
+    """A server socket, a client socket on 127.0.0.1 (1 s timeout) and an MmsgBatch that has
+    received ``count`` 48-byte datagrams from it, datagram i being byte i repeated."""
     pytest.importorskip("numpy")
     if not netio.batch_supported():
         pytest.skip("no recvmmsg/sendmmsg here")
-    import numpy as np
-
     server = netio.open_udp(("127.0.0.1", 0))
     client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     client.bind(("127.0.0.1", 0))
     client.settimeout(1.0)
+    try:
+        mm = netio.MmsgBatch(capacity=capacity, bufsize=64)
+        _send_numbered(client, server, mm, count)
+        yield server, client, mm
+    finally:
+        client.close()
+        server.close()
+
+
+def _send_numbered(client, server, mm, count: int) -> None:
+    for i in range(count):
+        client.sendto(bytes([i]) * 48, server.getsockname())
+    time.sleep(0.05)
+    assert mm.receive(server.fileno()) == count
+
+
+def test_mmsg_batch_send_stamps_each_chunk_just_before_sending():
+    import numpy as np
+
     calls = []
 
     def stamp():
         calls.append(len(calls) + 1)
         return (0xAB << 56) | calls[-1]
 
-    try:
-        mm = netio.MmsgBatch(capacity=8, bufsize=64)
-        for i in range(6):
-            client.sendto(bytes([i]) * 48, server.getsockname())
-        time.sleep(0.05)
-        assert mm.receive(server.fileno()) == 6
+    with _numbered_requests(6, capacity=8) as (server, client, mm):
         assert mm.send(server.fileno(), 6, 48, chunk=4, stamp=stamp) == (6, 0)
         replies = [client.recv(100) for _ in range(6)]
         # Word 5 (bytes 40-47): one fresh stamp per sendmmsg of at most 4; the rest untouched.
         assert [int.from_bytes(r[40:48], "big") & 0xFF for r in replies] == [1, 1, 1, 1, 2, 2]
         assert all(r[:40] == bytes([i]) * 40 for i, r in enumerate(replies))
         mm.reset(6)
-        for i in range(6):
-            client.sendto(bytes([i]) * 48, server.getsockname())
-        time.sleep(0.05)
-        assert mm.receive(server.fileno()) == 6
+        _send_numbered(client, server, mm, 6)
         calls.clear()
         slots = np.array([0, 2, 3, 5])
         assert mm.send(server.fileno(), slots, 48, chunk=3, stamp=stamp, stamp_word=0) == (4, 0)
@@ -266,9 +279,6 @@ def test_mmsg_batch_send_stamps_each_chunk_just_before_sending():
         assert [r[40] for r in replies] == [0, 2, 3, 5]
         assert [int.from_bytes(r[:8], "big") & 0xFF for r in replies] == [1, 1, 1, 2]
         mm.reset(6)
-    finally:
-        client.close()
-        server.close()
 
 
 def _ntp64(ns: int) -> int:
@@ -277,15 +287,8 @@ def _ntp64(ns: int) -> int:
 
 @pytest.mark.parametrize("chunk", [1, 2, 10])  # one per call; struct; one numpy assignment
 def test_mmsg_batch_send_writes_clock_reads_as_truncated_ntp_times(chunk):
-    pytest.importorskip("numpy")
-    if not netio.batch_supported():
-        pytest.skip("no recvmmsg/sendmmsg here")
     import numpy as np
 
-    server = netio.open_udp(("127.0.0.1", 0))
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.settimeout(1.0)
     reads = iter(range(1_767_225_600_000_000_001, 1_767_225_600_000_000_001 + 7_777 * 99, 7_777))
     taken: list[int] = []
 
@@ -293,12 +296,7 @@ def test_mmsg_batch_send_writes_clock_reads_as_truncated_ntp_times(chunk):
         taken.append(next(reads))
         return taken[-1]
 
-    try:
-        mm = netio.MmsgBatch(capacity=16, bufsize=64)
-        for i in range(14):
-            client.sendto(bytes([i]) * 48, server.getsockname())
-        time.sleep(0.05)
-        assert mm.receive(server.fileno()) == 14
+    with _numbered_requests(14, capacity=16) as (server, client, mm):
         slots = np.array([k for k in range(14) if k != 6])  # 13 replies, one left out
         assert mm.send(server.fileno(), slots, 48, chunk=chunk, clock_ns=clock_ns) == (13, 0)
         replies = sorted((client.recv(100) for _ in range(13)), key=lambda r: r[0])
@@ -309,30 +307,15 @@ def test_mmsg_batch_send_writes_clock_reads_as_truncated_ntp_times(chunk):
             assert reply[:40] == bytes([reply[0]]) * 40
             assert int.from_bytes(reply[40:48], "big") == _ntp64(taken[groups[k]])
         mm.reset(14)
-    finally:
-        client.close()
-        server.close()
 
 
 @pytest.mark.parametrize("subset", [False, True])
 def test_mmsg_batch_send_each_with_the_real_clock(subset):
     """One honest CLOCK_REALTIME stamp per reply, truncated, in sending order, between the
     clock reads around the send."""
-    pytest.importorskip("numpy")
-    if not netio.batch_supported():
-        pytest.skip("no recvmmsg/sendmmsg here")
     import numpy as np
 
-    server = netio.open_udp(("127.0.0.1", 0))
-    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    client.bind(("127.0.0.1", 0))
-    client.settimeout(1.0)
-    try:
-        mm = netio.MmsgBatch(capacity=16, bufsize=64)
-        for i in range(12):
-            client.sendto(bytes([i]) * 48, server.getsockname())
-        time.sleep(0.05)
-        assert mm.receive(server.fileno()) == 12
+    with _numbered_requests(12, capacity=16) as (server, client, mm):
         slots = np.array([k for k in range(12) if k % 3]) if subset else 12
         expected = slots.tolist() if subset else list(range(12))
         before = _ntp64(time.clock_gettime_ns(time.CLOCK_REALTIME))
@@ -345,9 +328,6 @@ def test_mmsg_batch_send_each_with_the_real_clock(subset):
         assert all(r[:40] == bytes([r[0]]) * 40 and len(r) == 48 for r in replies)
         assert before <= stamps[0] and stamps == sorted(stamps) and stamps[-1] <= after
         mm.reset(12)
-    finally:
-        client.close()
-        server.close()
 
 
 def test_mmsg_batch_run_starts_follow_the_senders():
